@@ -1,0 +1,186 @@
+"""The unpaired training data: street photos (domain A) and colour label maps (domain B).
+
+Both domains are decoded once into uint8 tensors held in memory (2975 images at 143x143 are 180 MB),
+so a training step does no file I/O; cropping, flipping and scaling to [-1, 1] are tensor ops that
+run wherever the tensors live (CPU here; the GPU once the fast path moves them there).
+
+Sampling follows the reference's unaligned dataset: an epoch has max(len(A), len(B)) examples, and
+photos and label maps are drawn independently (a fresh seeded permutation of each domain per epoch),
+so no photo is tied to a label map. Each image gets its own random crop and horizontal flip
+(paper: 143 -> 128, flipped with probability 1/2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from pipeline.errors import PipelineError
+from pipeline.split import read_manifest
+
+PHOTO_SUBSET = "train_photo"
+LABEL_SUBSET = "train_label"
+
+
+@dataclasses.dataclass
+class TrainingDomains:
+    """Decoded training images, uint8 NCHW (RGB), every image load_size x load_size."""
+
+    photos: torch.Tensor  # domain A
+    labels: torch.Tensor  # domain B
+    photo_ids: list[str]
+    label_ids: list[str]
+
+
+def _id_key(image_id: str) -> tuple[int, int | str]:
+    # Archive stems are numbers ("2", "10"): order them as numbers, anything else after them as text.
+    return (0, int(image_id)) if image_id.isdigit() else (1, image_id)
+
+
+def _read_subset(split_dir: Path, subset: str) -> pd.DataFrame:
+    rows = read_manifest(split_dir, subset=subset)
+    if rows.empty:
+        raise PipelineError(f"{split_dir}/manifest.csv lists no `{subset}` images: rerun the split stage")
+    order = sorted(range(len(rows)), key=lambda i: _id_key(rows["image_id"].iloc[i]))
+    return rows.iloc[order]
+
+
+def _decode(path: Path, load_size: int, resample: Image.Resampling) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if image.size != (load_size, load_size):
+                image = image.resize((load_size, load_size), resample)
+            return np.asarray(image)
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"cannot read {path} ({exc}): rerun the split stage") from None
+
+
+def load_domain(
+    split_dir: str | os.PathLike,
+    subset: str,
+    load_size: int,
+    max_images: int | None = None,
+) -> tuple[torch.Tensor, list[str]]:
+    """Decode one training domain to uint8 (N, 3, load_size, load_size); ids in numeric order.
+
+    `max_images` keeps the first N ids (deterministic, so every variant sees the same subset). Images
+    stored at another size are resized: photos bicubic (antialiased by PIL), label maps nearest, which
+    keeps their colours exact.
+    """
+    split_dir = Path(split_dir)
+    rows = _read_subset(split_dir, subset)
+    if max_images is not None:
+        rows = rows.iloc[:max_images]
+    resample = Image.Resampling.NEAREST if subset == LABEL_SUBSET else Image.Resampling.BICUBIC
+    arrays = [_decode(split_dir / path, load_size, resample) for path in rows["path"]]
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return images, list(rows["image_id"])
+
+
+def load_training_domains(
+    split_dir: str | os.PathLike, load_size: int, max_images: int | None = None
+) -> TrainingDomains:
+    """Both unpaired domains of `split_dir` (see `load_domain`)."""
+    photos, photo_ids = load_domain(split_dir, PHOTO_SUBSET, load_size, max_images)
+    labels, label_ids = load_domain(split_dir, LABEL_SUBSET, load_size, max_images)
+    return TrainingDomains(photos=photos, labels=labels, photo_ids=photo_ids, label_ids=label_ids)
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1] (the generators' tanh range)."""
+    return images.float() / 127.5 - 1.0
+
+
+def crop_and_flip(
+    images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor, crop_size: int
+) -> torch.Tensor:
+    """Crop image i at (top[i], left[i]), mirrored where flip[i]: one gather, no per-image Python work."""
+    offsets = torch.arange(crop_size, device=images.device)
+    rows = top[:, None] + offsets  # (B, crop)
+    cols = left[:, None] + offsets
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch = torch.arange(images.shape[0], device=images.device)[:, None, None]
+    # Advanced indices around the channel slice put their dims first: (B, crop, crop, C).
+    return images[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
+class UnpairedSampler:
+    """Seeded, resumable stream of (real_A, real_B) batches in [-1, 1].
+
+    One step takes `batch_size` photos and `batch_size` label maps from per-epoch permutations of each
+    domain. The smaller domain wraps around, as the reference's `index % len` does. Its whole state
+    (generator, permutations, position) is in `state_dict`, so a resumed run draws exactly what an
+    uninterrupted run would have.
+    """
+
+    def __init__(
+        self,
+        domains: TrainingDomains,
+        crop_size: int,
+        batch_size: int,
+        generator: torch.Generator,
+        flip: bool = True,
+    ):
+        self.photos, self.labels = domains.photos, domains.labels
+        size = self.photos.shape[-1]
+        if crop_size > size or self.labels.shape[-1] != size:
+            raise PipelineError(f"crop_size {crop_size} does not fit the {size}px training images")
+        self.crop_size, self.batch_size, self.flip = crop_size, batch_size, flip
+        self.generator = generator
+        # Drop the last partial batch: every step has the same shape.
+        self.steps_per_epoch = max(len(self.photos), len(self.labels)) // batch_size
+        if self.steps_per_epoch == 0:
+            raise PipelineError(f"batch_size {batch_size} exceeds the number of training images")
+        self.position = self.steps_per_epoch  # start of the first epoch draws the first permutations
+        self.perm_A = self.perm_B = torch.empty(0, dtype=torch.long)
+
+    def _new_epoch(self) -> None:
+        n = self.steps_per_epoch * self.batch_size
+        self.perm_A = self._permutation(len(self.photos), n)
+        self.perm_B = self._permutation(len(self.labels), n)
+        self.position = 0
+
+    def _permutation(self, domain_size: int, length: int) -> torch.Tensor:
+        repeats = -(-length // domain_size)
+        perms = [torch.randperm(domain_size, generator=self.generator) for _ in range(repeats)]
+        return torch.cat(perms)[:length]
+
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        count, size = images.shape[0], images.shape[-1]
+        top = torch.randint(size - self.crop_size + 1, (count,), generator=self.generator)
+        left = torch.randint(size - self.crop_size + 1, (count,), generator=self.generator)
+        flip = torch.rand(count, generator=self.generator) < 0.5
+        if not self.flip:
+            flip = torch.zeros_like(flip)
+        device = images.device
+        cropped = crop_and_flip(images, top.to(device), left.to(device), flip.to(device), self.crop_size)
+        return to_model_range(cropped)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next (real_A photos, real_B label maps), float (B, 3, crop, crop) in [-1, 1]."""
+        if self.position >= self.steps_per_epoch:
+            self._new_epoch()
+        window = slice(self.position * self.batch_size, (self.position + 1) * self.batch_size)
+        self.position += 1
+        real_A = self._augment(self.photos[self.perm_A[window].to(self.photos.device)])
+        real_B = self._augment(self.labels[self.perm_B[window].to(self.labels.device)])
+        return real_A, real_B
+
+    def state_dict(self) -> dict:
+        return {
+            "rng": self.generator.get_state(),
+            "perm_A": self.perm_A.clone(),
+            "perm_B": self.perm_B.clone(),
+            "position": self.position,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["rng"])
+        self.perm_A, self.perm_B, self.position = state["perm_A"], state["perm_B"], state["position"]

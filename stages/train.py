@@ -1,0 +1,47 @@
+"""DVC stage `train@<variant>`: data/split -> models/<variant>/checkpoint.pt (see pipeline.train)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.config import from_mapping, load_section, read_params
+from pipeline.errors import PipelineError
+from pipeline.losses import LossSwitches
+from pipeline.train import TrainConfig, TrainingInterrupted, train_variant
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--variant", required=True, help="a key of the params' `variants:` section")
+    parser.add_argument(
+        "--split", required=True, help="split folder (train_photo/, train_label/, manifest.csv)"
+    )
+    parser.add_argument(
+        "--out", required=True, help="folder for checkpoint.pt (kept between runs: resumable)"
+    )
+    parser.add_argument("--plots", default=None, help="per-epoch loss CSV for `dvc plots`")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_section(args.params, "train", TrainConfig)
+        variants = read_params(args.params).get("variants") or {}
+        if args.variant not in variants:
+            known = ", ".join(variants) or "none"
+            raise PipelineError(
+                f"variant {args.variant!r} is not in {args.params} `variants:` (known: {known})"
+            )
+        switches = from_mapping(LossSwitches, variants[args.variant], f"variants.{args.variant}")
+        result = train_variant(args.split, args.out, args.variant, switches, cfg, metrics_path=args.plots)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as exc:
+        print(f"train[{args.variant}]: {exc}; rerun the stage to resume", file=sys.stderr)
+        return exc.exit_code
+    print(f"train[{args.variant}]: {result.step} steps, checkpoint {result.checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
