@@ -1,0 +1,51 @@
+"""DVC stage `evaluate@<variant>`: FCN scores (both directions) and FID -> metrics/<variant>.json."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from pipeline.config import load_section
+from pipeline.errors import PipelineError
+from pipeline.evaluate import EvaluateConfig, run_evaluation
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--variant", required=True)
+    parser.add_argument("--translations", required=True, help="translations/<variant> folder")
+    parser.add_argument("--split", required=True, help="split folder (val/ and manifest.csv)")
+    parser.add_argument("--judge", required=True, help="the FCN judge's checkpoint.pt")
+    parser.add_argument("--checkpoint", help="the variant's training checkpoint (for its MLflow run id)")
+    parser.add_argument("--out", required=True, help="metrics JSON to write")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_section(args.params, "evaluate", EvaluateConfig)
+        start = time.perf_counter()
+        metrics = run_evaluation(
+            args.variant, args.translations, args.split, args.judge, args.out, cfg, checkpoint=args.checkpoint
+        )
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    scores = "; ".join(
+        f"{direction} "
+        + "/".join(_fmt(metrics[f"fcn/{direction}/{s}"]) for s in ("pixel_acc", "class_acc", "class_iou"))
+        + f" FID {_fmt(metrics[f'fid/{direction}'])}"
+        for direction in ("label2photo", "photo2label")
+    )
+    print(
+        f"evaluate {args.variant}: {scores} ({metrics['n_images']} images, "
+        f"{time.perf_counter() - start:.1f} s) -> {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
