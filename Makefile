@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# make repro PROFILE=paper: the same pipeline as a DVC experiment with profiles/paper.yaml applied.
 repro: $(STAMP)
+ifdef PROFILE
+	dvc exp run $$(python -m pipeline.profiles $(PROFILE))
+else
 	dvc repro
+endif
 
 test: $(STAMP)
 	ruff check .
