@@ -268,7 +268,14 @@ def _markdown(table: pd.DataFrame, variant_metrics: dict[str, dict], plots: list
         lines += [f"## {DIRECTION_TITLES[direction]}", "", *_md_table(header, rows), ""]
     reasons = {name: r for name, r in table["fid_unavailable"].items() if r}
     if reasons:
-        lines += ["FID n/a: " + "; ".join(f"{ROW_TITLES.get(k, k)}: {v}" for k, v in reasons.items()), ""]
+        # Usually one reason for every row (no Inception weights): say it once.
+        by_reason: dict[str, list[str]] = {}
+        for name, reason in reasons.items():
+            by_reason.setdefault(reason, []).append(ROW_TITLES.get(name, name))
+        for reason, rows in by_reason.items():
+            every = len(rows) == sum(1 for name in table.index if name != GROUND_TRUTH)
+            who = "every variant" if every else ", ".join(rows)
+            lines += [f"FID n/a ({who}): {reason}", ""]
     lines += ["## Plots", ""]
     lines += [f"![{p.stem}]({p.relative_to(out_dir).as_posix()})" for p in plots]
     return "\n".join(lines) + "\n"

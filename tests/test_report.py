@@ -128,7 +128,7 @@ def test_report_tables_follow_the_paper_layout(built):
         "| GAN alone | 0.400 | 0.300 | 0.200 | n/a | 0.51 | 0.11 | 0.08 "
         "| 0.67 / 0.64 | 1.00 / 0.42 | 1.00 / 0.38 |" in table4
     )
-    assert "FID n/a: GAN alone: FID Inception weights" in markdown
+    assert "FID n/a (GAN alone): FID Inception weights" in markdown
     assert "![samples](plots/samples.png)" in markdown
 
     document = json.loads(paths.json.read_text())
