@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from pipeline import __version__
 from pipeline.errors import PipelineError
+from pipeline.fileio import write_json
 
 SOURCE_ENV = "CYCLEGAN_DATA_SOURCE"
 PROVENANCE_NAME = "provenance.json"
@@ -200,7 +201,7 @@ def fetch_url(url: str, cache_dir: Path, cfg: DataConfig) -> Path:
             raise _give_up(error, url, part, cfg.retries + 1)
     os.replace(part, final)
     meta["complete"] = True
-    _write_json(meta_path, meta)
+    write_json(meta_path, meta)
     return final
 
 
@@ -226,7 +227,7 @@ def _fetch_once(
             if validator and validator.startswith("W/"):  # If-Range accepts strong validators only
                 validator = None
             meta.update(validator=validator, total=total)
-            _write_json(meta_path, meta)
+            write_json(meta_path, meta)
         _stream_body(response, part, start, total)
 
 
@@ -325,15 +326,6 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
-# --- archives ----------------------------------------------------------------------------------
 
 
 def sha256_file(path: Path) -> str:

@@ -11,7 +11,6 @@ One confusion matrix per direction over all val images (void ground truth ignore
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -29,10 +28,11 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.evaluator import load_judge
 from pipeline.fid import FidConfig, FidResult, fid_between
+from pipeline.fileio import resolve_device, write_json
 from pipeline.labels import CLASS_NAMES, NUM_CLASSES, decode_label_map
 from pipeline.metrics import confusion_matrix, segmentation_scores
 from pipeline.split import read_manifest
-from pipeline.translate import read_rgb, resolve_device
+from pipeline.translate import read_rgb
 
 DIRECTIONS = ("label2photo", "photo2label")  # the paper's Table 4, then Table 5
 SCORES = ("pixel_acc", "class_acc", "class_iou")
@@ -192,19 +192,6 @@ def evaluate_variant(
         d: dict(zip(CLASS_NAMES, scores[d]["per_class_iou"], strict=True)) for d in DIRECTIONS
     }
     return metrics
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write `data` as JSON atomically (temp file in the same folder, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def tracked_metrics(metrics: dict) -> dict[str, float]:

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from pipeline.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from pipeline.errors import PipelineError
+from pipeline.fileio import resolve_device
 from pipeline.labels import CLASS_NAMES, NUM_CLASSES, VOID
 from pipeline.metrics import confusion_matrix, segmentation_scores
 from pipeline.split import read_manifest
@@ -349,13 +350,6 @@ def _resume_state(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None
         )
         return None
     return state
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def train_judge(

@@ -24,6 +24,7 @@ from pytorch_fid.fid_score import calculate_frechet_distance, get_activations
 from pytorch_fid.inception import InceptionV3
 
 from pipeline.errors import PipelineError
+from pipeline.fileio import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,6 @@ class WeightsUnavailable(Exception):
 def cached_weights_path() -> Path:
     """Where pytorch-fid's download stores the weights (and where a copy can be put by hand)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def load_inception(weights: str | Path | None = None, device: str | torch.device = "cpu") -> InceptionV3:

@@ -42,6 +42,7 @@ from prefect.tasks import exponential_backoff
 
 from pipeline.config import PROJECT_ROOT, read_params
 from pipeline.errors import PipelineError
+from pipeline.fileio import atomic_write_text
 from pipeline.overrides import normalize_overrides
 
 FLOW_NAME = "cyclegan"
@@ -101,12 +102,6 @@ class ParamsChange:
     after: dict[str, Any]
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def apply_params_overrides(
     params_path: str | os.PathLike,
     overrides: Sequence[str] = (),
@@ -150,7 +145,7 @@ def apply_params_overrides(
             raise PipelineError(f"overrides {applied} leave no variant in `variants:`: keep at least one")
         if after == before:
             return ParamsChange(applied, _ordered(left, variants), False, None, before, after)
-        _atomic_write(backup_path, original_text)
+        atomic_write_text(backup_path, original_text)
         os.replace(scratch, params_path)
     finally:
         scratch.unlink(missing_ok=True)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from pipeline.checkpoint import LoadedGenerators, load_generators
 from pipeline.errors import PipelineError
+from pipeline.fileio import resolve_device
 from pipeline.split import read_manifest
 
 Direction = Literal["photo2label", "label2photo"]
@@ -43,15 +44,6 @@ class TranslateConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; asking for CUDA without one is a clear error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise PipelineError(f"device {device!r} requested but no CUDA device is visible: use auto or cpu")
-    return torch.device(device)
 
 
 def load_translator(checkpoint: str | os.PathLike, device: torch.device) -> LoadedGenerators:

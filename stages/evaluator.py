@@ -14,8 +14,8 @@ from pathlib import Path
 
 from pipeline.config import load_section
 from pipeline.errors import PipelineError
-from pipeline.evaluate import write_json
 from pipeline.evaluator import EvaluatorConfig, train_judge
+from pipeline.fileio import write_json
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,34 @@
+import json
+import math
+
+import pytest
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.fileio import atomic_write_text, resolve_device, write_json
+
+
+def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "sub" / "a.json"
+    write_json(target, {"x": 1})
+    write_json(target, {"x": 2})
+    assert json.loads(target.read_text()) == {"x": 2}
+    assert [p.name for p in target.parent.iterdir()] == ["a.json"]
+    assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "a.json"
+    atomic_write_text(target, "old")
+    with pytest.raises(ValueError):
+        write_json(target, {"bad": math.nan})
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(PipelineError, match="no CUDA device"):
+            resolve_device("cuda")
