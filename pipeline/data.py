@@ -102,13 +102,85 @@ def crop_and_flip(
     images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor, crop_size: int
 ) -> torch.Tensor:
     """Crop image i at (top[i], left[i]), mirrored where flip[i]: one gather, no per-image Python work."""
+    return _gather_crops(images, None, top, left, flip, crop_size)
+
+
+def _gather_crops(
+    images: torch.Tensor,
+    index: torch.Tensor | None,
+    top: torch.Tensor,
+    left: torch.Tensor,
+    flip: torch.Tensor,
+    crop_size: int,
+) -> torch.Tensor:
     offsets = torch.arange(crop_size, device=images.device)
     rows = top[:, None] + offsets  # (B, crop)
     cols = left[:, None] + offsets
     cols = torch.where(flip[:, None], cols.flip(1), cols)
-    batch = torch.arange(images.shape[0], device=images.device)[:, None, None]
+    if index is None:
+        index = torch.arange(top.shape[0], device=images.device)
     # Advanced indices around the channel slice put their dims first: (B, crop, crop, C).
-    return images[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+    return (
+        images[index[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+    )
+
+
+def sample_crops(
+    images: torch.Tensor,
+    index: torch.Tensor,
+    top: torch.Tensor,
+    left: torch.Tensor,
+    flip: torch.Tensor,
+    crop_size: int,
+) -> torch.Tensor:
+    """Images `index` of a uint8 domain tensor, cropped and flipped, as float in [-1, 1], in one gather.
+
+    Pure tensor ops with fixed shapes on the device of `images` (the draws must live there too), so the
+    fast path runs it on the GPU inside a captured step.
+    """
+    return to_model_range(_gather_crops(images, index, top, left, flip, crop_size))
+
+
+DRAW_FIELDS = ("index_A", "top_A", "left_A", "flip_A", "index_B", "top_B", "left_B", "flip_B")
+
+
+@dataclasses.dataclass
+class BatchDraw:
+    """Everything random about one batch, drawn on the CPU: which photos and label maps, where each is
+    cropped, whether it is flipped. Each field is (batch,) int64 (flips 0/1)."""
+
+    index_A: torch.Tensor
+    top_A: torch.Tensor
+    left_A: torch.Tensor
+    flip_A: torch.Tensor
+    index_B: torch.Tensor
+    top_B: torch.Tensor
+    left_B: torch.Tensor
+    flip_B: torch.Tensor
+
+    def pack(self) -> torch.Tensor:
+        """(8, batch) int64: one tensor, so the fast path moves a batch's draws with one copy."""
+        return torch.stack([getattr(self, name).long() for name in DRAW_FIELDS])
+
+    @classmethod
+    def unpack(cls, packed: torch.Tensor) -> BatchDraw:
+        return cls(*packed[: len(DRAW_FIELDS)].unbind(0))
+
+    def rows(self, start: int, stop: int) -> BatchDraw:
+        """This draw's images [start, stop) (a DDP rank's share of the global batch)."""
+        return BatchDraw(*(getattr(self, name)[start:stop] for name in DRAW_FIELDS))
+
+    def to(self, device: torch.device | str) -> BatchDraw:
+        return BatchDraw(*(getattr(self, name).to(device) for name in DRAW_FIELDS))
+
+
+def materialize(
+    draw: BatchDraw, photos: torch.Tensor, labels: torch.Tensor, crop_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (real_A, real_B) batch a draw describes, on the device of `photos`/`labels` (and `draw`)."""
+    real_A = sample_crops(photos, draw.index_A, draw.top_A, draw.left_A, draw.flip_A != 0, crop_size)
+    real_B = sample_crops(labels, draw.index_B, draw.top_B, draw.left_B, draw.flip_B != 0, crop_size)
+    return real_A, real_B
 
 
 class UnpairedSampler:
@@ -118,6 +190,9 @@ class UnpairedSampler:
     domain. The smaller domain wraps around, as the reference's `index % len` does. Its whole state
     (generator, permutations, position) is in `state_dict`, so a resumed run draws exactly what an
     uninterrupted run would have.
+
+    `next_draw` only draws (CPU, a few small tensors); `materialize` turns a draw into images wherever
+    the domain tensors live. `next_batch` does both on the sampler's own (CPU) tensors.
     """
 
     def __init__(
@@ -152,26 +227,34 @@ class UnpairedSampler:
         perms = [torch.randperm(domain_size, generator=self.generator) for _ in range(repeats)]
         return torch.cat(perms)[:length]
 
-    def _augment(self, images: torch.Tensor) -> torch.Tensor:
-        count, size = images.shape[0], images.shape[-1]
+    def _crop_draw(self, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        size = self.photos.shape[-1]
         top = torch.randint(size - self.crop_size + 1, (count,), generator=self.generator)
         left = torch.randint(size - self.crop_size + 1, (count,), generator=self.generator)
         flip = torch.rand(count, generator=self.generator) < 0.5
         if not self.flip:
             flip = torch.zeros_like(flip)
-        device = images.device
-        cropped = crop_and_flip(images, top.to(device), left.to(device), flip.to(device), self.crop_size)
-        return to_model_range(cropped)
+        return top, left, flip.long()
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next (real_A photos, real_B label maps), float (B, 3, crop, crop) in [-1, 1]."""
+    def next_draw(self) -> BatchDraw:
+        """The next batch's random choices (CPU tensors); advances the stream."""
         if self.position >= self.steps_per_epoch:
             self._new_epoch()
         window = slice(self.position * self.batch_size, (self.position + 1) * self.batch_size)
         self.position += 1
-        real_A = self._augment(self.photos[self.perm_A[window].to(self.photos.device)])
-        real_B = self._augment(self.labels[self.perm_B[window].to(self.labels.device)])
-        return real_A, real_B
+        index_A = self.perm_A[window]
+        top_A, left_A, flip_A = self._crop_draw(len(index_A))
+        index_B = self.perm_B[window]
+        top_B, left_B, flip_B = self._crop_draw(len(index_B))
+        return BatchDraw(index_A, top_A, left_A, flip_A, index_B, top_B, left_B, flip_B)
+
+    def materialize(self, draw: BatchDraw) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images of `draw`, from the sampler's own domain tensors."""
+        return materialize(draw.to(self.photos.device), self.photos, self.labels, self.crop_size)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next (real_A photos, real_B label maps), float (B, 3, crop, crop) in [-1, 1]."""
+        return self.materialize(self.next_draw())
 
     def state_dict(self) -> dict:
         return {

@@ -8,6 +8,17 @@ fakes (`pipeline.losses` writes the objective out). The learning rate is constan
 Everything random draws from seeded generators whose states are in the checkpoint (data order, crops
 and flips, both pools), so a run killed at any point and rerun continues bit-identically on the same
 device and torch build.
+
+Two ways to run the same step (same functions, same losses, same random draws):
+
+- the plain path (default; CPU, and the reference for checking): batches built on the CPU, losses
+  read back after every step;
+- the fast path (`train.fast: true`, meant for GPUs, see `pipeline.fast`): the domains decoded once
+  into uint8 tensors on the device with crop and flip done there, the pools on the device, losses
+  accumulated on the device and read back every `log_every` steps, fused Adam, and optionally
+  channels_last, `torch.compile` of the networks and the whole step captured as one CUDA graph.
+
+Launched by `torchrun` with several processes, one variant trains data-parallel (`pipeline.distributed`).
 """
 
 from __future__ import annotations
@@ -32,10 +43,11 @@ from typing import Any, Literal
 import torch
 from tqdm import tqdm
 
-from pipeline import tracking
+from pipeline import distributed, tracking
 from pipeline.checkpoint import CHECKPOINT_NAME, FORMAT, load_checkpoint, save_checkpoint
 from pipeline.config import to_flat_dict
 from pipeline.data import LABEL_SUBSET, PHOTO_SUBSET, UnpairedSampler, load_training_domains, to_model_range
+from pipeline.distributed import Parallel
 from pipeline.errors import PipelineError
 from pipeline.losses import ImagePool, LossDict, LossSwitches, discriminator_losses, generator_losses
 from pipeline.models import CycleGANNets, DiscriminatorConfig, GeneratorConfig, build_nets
@@ -43,8 +55,21 @@ from pipeline.split import read_manifest
 
 # Keys that say how a run is carried out, not what it computes: changing them does not invalidate a
 # checkpoint (max_steps only moves the stopping point).
+# The fast-path switches change how a step runs, not what it computes (bf16, which does change the
+# arithmetic, is part of the identity).
 OPERATIONAL_KEYS = frozenset(
-    {"device", "num_threads", "checkpoint_every", "log_every", "max_steps", "experiment"}
+    {
+        "device",
+        "num_threads",
+        "checkpoint_every",
+        "log_every",
+        "max_steps",
+        "experiment",
+        "fast",
+        "compile",
+        "cuda_graphs",
+        "channels_last",
+    }
 )
 SAMPLE_IMAGES = 4  # images per domain in the per-epoch sample grid
 
@@ -52,22 +77,40 @@ SAMPLE_IMAGES = 4  # images per domain in the per-epoch sample grid
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Params section `train`. The defaults here are the paper's Cityscapes settings; params.yaml's
-    default profile shrinks them to fit a CPU."""
+    default profile shrinks them to fit a CPU.
+
+    Batch size: `batch_size` photos and `batch_size` label maps per step, the global batch when
+    several processes train data-parallel. The paper used 1 (the default); anything larger is a
+    deviation from it. An epoch stays one pass over the larger domain, so a batch of B takes B times
+    fewer optimiser steps per epoch. The learning rate is NOT rescaled with the batch: `lr` stays the
+    paper's 2e-4 unless set otherwise. Adam normalises the gradient scale, so linear scaling (the SGD
+    rule) would multiply the step size by B and is known to destabilise GAN training; sqrt scaling is
+    a heuristic nobody has validated for CycleGAN. Keeping 2e-4 changes one thing at a time (batch
+    1 is exactly the paper) and is what the reference code does when given a larger --batch_size.
+
+    Fast path (`fast: true`, see `pipeline.fast`): device-resident data, pools and loss accumulation,
+    fused Adam on CUDA; `channels_last`, `compile` and `cuda_graphs` refine it and need it. bf16 and
+    CUDA graphs only take effect on CUDA (a CPU run ignores them, so one params file serves both).
+    """
 
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = None  # CPU threads for torch (None = torch's default)
     bf16: bool = False  # bf16 autocast on CUDA (the paper trained in fp32); ignored on CPU
+    fast: bool = False  # the fast path (pipeline.fast): data, pools and losses on the device
+    channels_last: bool = False  # NHWC memory format for networks and images (fast path)
+    compile: bool = False  # torch.compile the four networks (fast path; one compile serves every variant)
+    cuda_graphs: bool = False  # capture the whole step as one CUDA graph (fast path; CUDA, one process)
     load_size: int = 143  # images are resized to this, then randomly cropped
     crop_size: int = 128
     flip: bool = True  # random horizontal flip
     max_images: int | None = None  # images per domain (None = all); the first N ids
-    batch_size: int = 1
+    batch_size: int = 1  # global batch (see above); the paper: 1
     ngf: int = 64
     ndf: int = 64
     n_blocks: int = 6
     n_layers_D: int = 3
-    lr: float = 2e-4
+    lr: float = 2e-4  # not rescaled with batch_size (see above)
     beta1: float = 0.5
     beta2: float = 0.999
     epochs_constant: int = 100
@@ -75,7 +118,7 @@ class TrainConfig:
     lambda_cycle: float = 10.0
     pool_size: int = 50
     checkpoint_every: int = 500  # steps
-    log_every: int = 10  # steps
+    log_every: int = 10  # steps; on the fast path also how often losses are read back from the device
     max_steps: int | None = None  # stop early (tests, smoke runs); the lr schedule is unchanged
     experiment: str = "cyclegan-ablation"
 
@@ -108,6 +151,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1 or null, got {getattr(self, name)}")
         if self.pool_size < 0:
             raise ValueError(f"pool_size must be >= 0, got {self.pool_size}")
+        needs_fast = [name for name in ("channels_last", "compile", "cuda_graphs") if getattr(self, name)]
+        if needs_fast and not self.fast:
+            raise ValueError(f"{', '.join(needs_fast)} need(s) fast: true (they refine the fast path)")
 
     @property
     def epochs(self) -> int:
@@ -172,41 +218,152 @@ def _set_requires_grad(nets: list[torch.nn.Module], flag: bool) -> None:
             param.requires_grad_(flag)
 
 
+class GeneratorObjective(torch.nn.Module):
+    """G and F with the generator objective as their forward: the unit DDP wraps for the G step.
+
+    The discriminators are held in a tuple, so they are not registered here: D is frozen during the
+    G step and its parameters belong to `DiscriminatorObjective` (DDP syncs each parameter once).
+    """
+
+    def __init__(self, nets: CycleGANNets, switches: LossSwitches, lambda_cycle: float):
+        super().__init__()
+        self.G, self.F = nets.G, nets.F
+        self.discriminators = (nets.D_X, nets.D_Y)
+        self.switches, self.lambda_cycle = switches, lambda_cycle
+
+    def forward(self, real_A: torch.Tensor, real_B: torch.Tensor) -> tuple[LossDict, dict[str, torch.Tensor]]:
+        nets = CycleGANNets(self.G, self.F, *self.discriminators)
+        return generator_losses(nets, real_A, real_B, self.switches, self.lambda_cycle)
+
+
+class DiscriminatorObjective(torch.nn.Module):
+    """D_X and D_Y with the (halved) discriminator objective as their forward: the unit of the D step."""
+
+    def __init__(self, nets: CycleGANNets):
+        super().__init__()
+        self.D_X, self.D_Y = nets.D_X, nets.D_Y
+        self.generators = (nets.G, nets.F)  # not registered: not used here
+
+    def forward(
+        self,
+        real_A: torch.Tensor,
+        real_B: torch.Tensor,
+        pooled_fake_A: torch.Tensor,
+        pooled_fake_B: torch.Tensor,
+    ) -> LossDict:
+        nets = CycleGANNets(*self.generators, self.D_X, self.D_Y)
+        return discriminator_losses(nets, real_A, real_B, pooled_fake_A, pooled_fake_B)
+
+
+@dataclasses.dataclass
+class Objectives:
+    """What `Trainer.step` calls: the objectives over (maybe compiled) networks, maybe DDP-wrapped."""
+
+    generator: torch.nn.Module
+    discriminator: torch.nn.Module | None
+
+
+def build_objectives(
+    nets: CycleGANNets, switches: LossSwitches, cfg: TrainConfig, parallel: Parallel | None
+) -> Objectives:
+    generator: torch.nn.Module = GeneratorObjective(nets, switches, cfg.lambda_cycle)
+    discriminator = DiscriminatorObjective(nets) if switches.adversarial else None
+    if parallel is not None:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # Every parameter is used in every step (no find_unused_parameters); instance norm has no buffers.
+        wrap = functools.partial(
+            DDP,
+            device_ids=[parallel.device.index] if parallel.device.type == "cuda" else None,
+            gradient_as_bucket_view=True,
+        )
+        generator = wrap(generator)
+        discriminator = wrap(discriminator) if discriminator is not None else None
+    return Objectives(generator, discriminator)
+
+
 @dataclasses.dataclass
 class Trainer:
     """The mutable training state: networks, optimisers, schedulers, pools."""
 
-    nets: CycleGANNets
+    nets: CycleGANNets  # the networks as built (checkpoints and sample grids use these)
     optimizers: dict[str, torch.optim.Optimizer]
     schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]
     pools: dict[str, ImagePool]  # "X": fake photos for D_X, "Y": fake label maps for D_Y
     switches: LossSwitches
     cfg: TrainConfig
     device: torch.device
+    objectives: Objectives | None = None  # default: the objectives over `nets`, single process
+    parallel: Parallel | None = None
+    capturable: bool = False  # the step may be captured as a CUDA graph (device lr, no autocast cache)
+    optimizer_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.objectives is None:
+            self.objectives = build_objectives(self.nets, self.switches, self.cfg, self.parallel)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         enabled = self.cfg.bf16 and self.device.type == "cuda"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        # The autocast weight cache would be filled during capture and replayed stale: off for graphs.
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=enabled, cache_enabled=not self.capturable
+        )
 
-    def step(self, real_A: torch.Tensor, real_B: torch.Tensor) -> LossDict:
-        """One training iteration; returns the detached losses (generator and, if on, discriminator)."""
+    @property
+    def world_size(self) -> int:
+        return self.parallel.world_size if self.parallel is not None else 1
+
+    def draw_pools(self, local_batch: int) -> dict[str, torch.Tensor]:
+        """Both pools' random decisions for the next step (CPU, for the global batch)."""
+        return {name: pool.draw(local_batch * self.world_size) for name, pool in self.pools.items()}
+
+    def _pooled(self, name: str, fakes: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        draws = draws.to(fakes.device, non_blocking=True)
+        if self.parallel is None:
+            return self.pools[name].apply(fakes, draws)
+        # A global pool (see pipeline.distributed): every rank applies the same draws to all fakes.
+        pooled = self.pools[name].apply(self.parallel.gather(fakes.detach()), draws)
+        return pooled[self.parallel.local_rows(fakes.shape[0])]
+
+    def step(
+        self,
+        real_A: torch.Tensor,
+        real_B: torch.Tensor,
+        pool_draws: dict[str, torch.Tensor] | None = None,
+        mark: Callable[[str], None] | None = None,
+    ) -> LossDict:
+        """One training iteration; returns the detached losses (generator and, if on, discriminator).
+
+        `pool_draws` (from `draw_pools`) are drawn here when not given. Nothing in here reads a value
+        back to the host, so on the fast path the step can be captured as a CUDA graph. `mark(phase)`,
+        if given, is called at the end of each phase ("G step", "pools", "D step"; the benchmark's
+        per-phase timings).
+        """
         discriminators = self.nets.discriminators
         _set_requires_grad(discriminators, False)  # D is fixed while G and F step
         self.optimizers["G"].zero_grad(set_to_none=True)
         with self.autocast():
-            losses, fakes = generator_losses(self.nets, real_A, real_B, self.switches, self.cfg.lambda_cycle)
+            losses, fakes = self.objectives.generator(real_A, real_B)
         losses["loss_G"].backward()
         self.optimizers["G"].step()
+        if mark is not None:
+            mark("G step")
         if self.switches.adversarial:
             _set_requires_grad(discriminators, True)
             self.optimizers["D"].zero_grad(set_to_none=True)
-            pooled_fake_A = self.pools["X"].query(fakes["fake_A"])
-            pooled_fake_B = self.pools["Y"].query(fakes["fake_B"])
+            if pool_draws is None:
+                pool_draws = self.draw_pools(real_A.shape[0])
+            pooled_fake_A = self._pooled("X", fakes["fake_A"], pool_draws["X"])
+            pooled_fake_B = self._pooled("Y", fakes["fake_B"], pool_draws["Y"])
+            if mark is not None:
+                mark("pools")
             with self.autocast():
-                d_losses = discriminator_losses(self.nets, real_A, real_B, pooled_fake_A, pooled_fake_B)
+                d_losses = self.objectives.discriminator(real_A, real_B, pooled_fake_A, pooled_fake_B)
             (d_losses["loss_D_X"] + d_losses["loss_D_Y"]).backward()
             self.optimizers["D"].step()
             losses.update(d_losses)
+            if mark is not None:
+                mark("D step")
         return {name: value.detach() for name, value in losses.items()}
 
     @torch.no_grad()
@@ -231,8 +388,8 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "nets": {name: net.state_dict() for name, net in self.nets.named().items()},
-            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
-            "schedulers": {name: sched.state_dict() for name, sched in self.schedulers.items()},
+            "optimizers": {name: _portable(opt.state_dict()) for name, opt in self.optimizers.items()},
+            "schedulers": {name: _portable(sched.state_dict()) for name, sched in self.schedulers.items()},
             "pools": {name: pool.state_dict() for name, pool in self.pools.items()},
         }
 
@@ -241,22 +398,86 @@ class Trainer:
             net.load_state_dict(state["nets"][name])
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
+            self._adopt_options(opt)
         for name, sched in self.schedulers.items():
             sched.load_state_dict(state["schedulers"][name])
         for name, pool in self.pools.items():
             pool.load_state_dict(state["pools"][name], self.device)
 
+    def _adopt_options(self, optimizer: torch.optim.Optimizer) -> None:
+        """Undo what `Optimizer.load_state_dict` brings from the checkpoint's run: that run's
+        implementation flags and lr type. A checkpoint from either path resumes on either path."""
+        on_device = bool(self.optimizer_options.get("fused") or self.optimizer_options.get("capturable"))
+        for group in optimizer.param_groups:
+            group.update(self.optimizer_options)
+            if not self.optimizer_options:
+                group.update({"fused": None, "capturable": False})
+            lr = float(group["lr"])
+            group["lr"] = torch.tensor(lr, device=self.device) if self.capturable else lr
+            for param in group["params"]:
+                param_state = optimizer.state.get(param, {})
+                for key, value in param_state.items():
+                    if key == "step" and torch.is_tensor(value):
+                        param_state[key] = value.to(param.device if on_device else "cpu", torch.float32)
+                    elif torch.is_tensor(value) and value.shape == param.shape:
+                        # Moments in the parameter's own layout (channels_last or not): the fused and
+                        # multi-tensor kernels walk them element by element alongside the parameter.
+                        param_state[key] = torch.empty_like(param).copy_(value)
 
-def build_trainer(switches: LossSwitches, cfg: TrainConfig, device: torch.device) -> Trainer:
-    """Networks (seeded init), Adam optimisers, LambdaLR schedulers and pools for one variant."""
+
+def _portable(state: Any) -> Any:
+    """A copy of an optimiser or scheduler state dict with 0-d lr tensors as floats (device-free)."""
+    if isinstance(state, dict):
+        return {k: (v if k == "state" else _portable(v)) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_portable(v) for v in state]
+    if torch.is_tensor(state) and state.dim() == 0 and state.is_floating_point():
+        return float(state)
+    return state
+
+
+class DynamicBatch(torch.nn.Module):
+    """Marks the batch dimension of its input dynamic (>= 2) before calling a compiled network, so one
+    compile serves every batch size >= 2 (the benchmark's sweep); only the batch dim is symbolic."""
+
+    def __init__(self, compiled: torch.nn.Module):
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] >= 2:
+            torch._dynamo.mark_dynamic(x, 0)
+        return self.compiled(x)
+
+
+def build_trainer(
+    switches: LossSwitches,
+    cfg: TrainConfig,
+    device: torch.device,
+    parallel: Parallel | None = None,
+    compile_options: dict[str, Any] | None = None,
+) -> Trainer:
+    """Networks (seeded init), Adam optimisers, LambdaLR schedulers and pools for one variant.
+
+    On the fast path: channels_last, fused Adam on CUDA (capturable with a device lr when the step is
+    to be captured), and `torch.compile` of each network (`compile_options` go to `torch.compile`;
+    default static shapes; `dynamic_batch: True` compiles once for every batch size >= 2) inside the
+    objectives, while `nets` keep the plain modules.
+    """
     nets = build_nets(
         GeneratorConfig(ngf=cfg.ngf, n_blocks=cfg.n_blocks),
         DiscriminatorConfig(ndf=cfg.ndf, n_layers=cfg.n_layers_D),
         with_discriminators=switches.adversarial,
         generator=seeded(cfg.seed, "init"),
     )
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     for net in nets.named().values():
-        net.to(device).train()
+        net.to(device, memory_format=memory_format).train()
+    cuda = device.type == "cuda"
+    capturable = cfg.cuda_graphs and cuda and parallel is None
+    options: dict[str, Any] = {}
+    if cfg.fast and cuda:
+        options = {"fused": True, "capturable": capturable, "foreach": None}
     schedule = functools.partial(lr_factor, cfg=cfg)
     groups = {"G": itertools.chain(nets.G.parameters(), nets.F.parameters())}
     pools = {}
@@ -267,23 +488,99 @@ def build_trainer(switches: LossSwitches, cfg: TrainConfig, device: torch.device
             "Y": ImagePool(cfg.pool_size, seeded(cfg.seed, "pool_Y")),
         }
     optimizers = {
-        name: torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        name: torch.optim.Adam(
+            params,
+            # A captured step reads the lr from device memory, where the scheduler updates it in place.
+            lr=torch.tensor(cfg.lr, device=device) if capturable else cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            **options,
+        )
         for name, params in groups.items()
     }
     schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, schedule) for name, opt in optimizers.items()}
-    return Trainer(nets, optimizers, schedulers, pools, switches, cfg, device)
+    compute = nets
+    if cfg.fast and cfg.compile:
+        compile_options = {"dynamic": False, **(compile_options or {})}
+        dynamic_batch = compile_options.pop("dynamic_batch", False)
+        compiled = {name: torch.compile(net, **compile_options) for name, net in nets.named().items()}
+        if dynamic_batch:
+            compiled = {name: DynamicBatch(net) for name, net in compiled.items()}
+        compute = CycleGANNets(compiled["G"], compiled["F"], compiled.get("D_X"), compiled.get("D_Y"))
+    objectives = build_objectives(compute, switches, cfg, parallel)
+    return Trainer(
+        nets, optimizers, schedulers, pools, switches, cfg, device, objectives, parallel, capturable, options
+    )
 
 
-def check_finite(losses: LossDict, step: int) -> dict[str, float]:
-    """Losses as floats (one host sync); a NaN or inf stops the run naming the step and the term."""
-    values = dict(zip(losses, torch.stack([v.float() for v in losses.values()]).tolist(), strict=True))
-    for name, value in values.items():
-        if not math.isfinite(value):
-            raise PipelineError(
-                f"{name} is {value} at step {step}: training diverged; lower train.lr or check the data, "
-                "then delete the checkpoint and rerun"
+class LossLog:
+    """Per-step losses kept where they were computed until read back (one host sync per read-back).
+
+    `record` copies a step's losses into a row of a device buffer (no sync); `read` fetches the rows
+    recorded since the last read, averaged over ranks under DDP, and stops the run at the first NaN or
+    inf, naming its step and term even when it is read back steps later.
+    """
+
+    def __init__(self, capacity: int, device: torch.device, parallel: Parallel | None = None):
+        self.capacity, self.device, self.parallel = capacity, device, parallel
+        self.names: list[str] = []
+        self.buffer: torch.Tensor | None = None
+        self.steps: list[int] = []
+
+    def record(self, step: int, losses: LossDict) -> None:
+        if self.buffer is None:
+            self.names = list(losses)
+            self.buffer = torch.empty(
+                (self.capacity, len(self.names)), dtype=torch.float32, device=self.device
             )
-    return values
+        if len(self.steps) == self.capacity:
+            raise RuntimeError(f"LossLog holds {self.capacity} unread steps: read it back first")
+        torch.stack([losses[name].float() for name in self.names], out=self.buffer[len(self.steps)])
+        self.steps.append(step)
+
+    def read(self, read_every: int = 1) -> list[tuple[int, dict[str, float]]]:
+        """(step, {loss name: value}) for each unread step, oldest first; PipelineError on NaN/inf."""
+        if not self.steps:
+            return []
+        values = self.buffer[: len(self.steps)]
+        if self.parallel is not None:
+            values = self.parallel.mean(values)
+        rows = values.tolist()
+        steps, self.steps = self.steps, []
+        for step, row in zip(steps, rows, strict=True):
+            for name, value in zip(self.names, row, strict=True):
+                if not math.isfinite(value):
+                    late = (
+                        f" (found when reading losses back after step {steps[-1]}; the fast path reads "
+                        f"them every {read_every} steps)"
+                        if steps[-1] != step
+                        else ""
+                    )
+                    raise PipelineError(
+                        f"{name} is {value} at step {step}{late}: training diverged; lower train.lr or "
+                        "check the data, then delete the checkpoint and rerun"
+                    )
+        return [
+            (step, dict(zip(self.names, row, strict=True))) for step, row in zip(steps, rows, strict=True)
+        ]
+
+
+class PlainSteps:
+    """The plain path's step: draws and images on the CPU, batches moved to the device each step."""
+
+    def __init__(self, trainer: Trainer, sampler: UnpairedSampler):
+        self.trainer, self.sampler = trainer, sampler
+        self.local_batch = sampler.batch_size // trainer.world_size
+
+    def step(self) -> LossDict:
+        draw = self.sampler.next_draw()
+        pool_draws = self.trainer.draw_pools(self.local_batch)
+        if self.trainer.parallel is not None:
+            rows = self.trainer.parallel.local_rows(self.local_batch)
+            draw = draw.rows(rows.start, rows.stop)
+        real_A, real_B = (
+            batch.to(self.trainer.device, non_blocking=True) for batch in self.sampler.materialize(draw)
+        )
+        return self.trainer.step(real_A, real_B, pool_draws)
 
 
 def data_fingerprint(split_dir: Path) -> dict[str, str | None]:
@@ -398,21 +695,23 @@ def _say(variant: str, message: str) -> None:
 
 
 def _resumable_checkpoint(
-    path: Path, variant: str, cfg: TrainConfig, switches: LossSwitches, data: dict[str, str | None]
+    path: Path,
+    variant: str,
+    cfg: TrainConfig,
+    switches: LossSwitches,
+    data: dict[str, str | None],
+    say: Callable[[str], None],
 ) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
         state = load_checkpoint(path)
     except PipelineError as exc:
-        _say(variant, f"starting over: {exc}")
+        say(f"starting over: {exc}")
         return None
     differences = config_differences(state, variant, cfg, switches, data)
     if differences:
-        _say(
-            variant,
-            "starting over: the checkpoint was trained with other settings:\n  " + "\n  ".join(differences),
-        )
+        say("starting over: the checkpoint was trained with other settings:\n  " + "\n  ".join(differences))
         return None
     return state
 
@@ -424,60 +723,96 @@ def train_variant(
     switches: LossSwitches,
     cfg: TrainConfig,
     metrics_path: str | os.PathLike | None = None,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    on_step: Callable[[int, LossDict], None] | None = None,
+    track: bool = True,
 ) -> TrainResult:
     """Train (or resume, or skip if finished) one variant; the checkpoint is `<out_dir>/checkpoint.pt`.
 
     `metrics_path`: the per-epoch loss CSV for `dvc plots`. `on_step(step, losses)` runs after every
-    step, once that step's checkpoint (if due) is written. Raises `TrainingInterrupted` on SIGINT/SIGTERM
-    (after saving) and `PipelineError` on a NaN/inf loss.
+    step, once that step's checkpoint (if due) is written; `losses` are the step's detached loss
+    tensors (reading them synchronises with the device; on a captured step they are valid until the
+    next step). `track=False` logs nothing to MLflow (a machine without a store). Launched by `torchrun`,
+    trains data-parallel (`pipeline.distributed`): rank 0 alone tracks and writes files. Raises
+    `TrainingInterrupted` on SIGINT/SIGTERM (after saving) and `PipelineError` on a NaN/inf loss.
     """
     split_dir, out_dir = Path(split_dir), Path(out_dir)
     plots_path = Path(metrics_path) if metrics_path is not None else None
     checkpoint_path = out_dir / CHECKPOINT_NAME
-    data = data_fingerprint(split_dir)
-    state = _resumable_checkpoint(checkpoint_path, variant_name, cfg, switches, data)
-    if state is not None and state["step"] >= _target_steps(cfg, state["steps_per_epoch"]):
-        _say(variant_name, f"already trained ({state['step']} steps, same settings): nothing to do")
-        rows = plot_rows(
-            state["history"],
-            state["epoch_sums"],
-            state["epoch_steps"],
-            state["step"],
-            state["steps_per_epoch"],
-        )
-        write_plots(plots_path, rows)  # DVC removed it before rerunning the stage
-        return TrainResult(checkpoint_path, state["step"], state["mlflow_run_id"], True, True, rows)
-
     device = resolve_device(cfg.device)
-    if cfg.num_threads is not None:
-        # Tiny CPU convolutions gain little from threads, and on a busy machine spinning OpenMP
-        # workers can make a step 10x slower: the default profile pins one thread.
-        torch.set_num_threads(cfg.num_threads)
-    domains = load_training_domains(split_dir, cfg.load_size, cfg.max_images)
-    sampler = UnpairedSampler(domains, cfg.crop_size, cfg.batch_size, seeded(cfg.seed, "data"), cfg.flip)
-    trainer = build_trainer(switches, cfg, device)
-    loop = _Loop(variant_name, cfg, switches, data, trainer, sampler, checkpoint_path, plots_path, domains)
-    if state is not None:
-        loop.restore(state)
-        _say(variant_name, f"resuming from step {loop.step} of {loop.target}")
-    loop.open_run()
-    return loop.run(on_step)
+    parallel = distributed.from_environment(device, cfg.batch_size)
+    try:
+        if parallel is not None:
+            device = parallel.device
+        is_main = parallel is None or parallel.is_main
+        data = data_fingerprint(split_dir)
+        say = functools.partial(_say, variant_name) if is_main else lambda _message: None
+        state = _resumable_checkpoint(checkpoint_path, variant_name, cfg, switches, data, say)
+        if state is not None and state["step"] >= _target_steps(cfg, state["steps_per_epoch"]):
+            say(f"already trained ({state['step']} steps, same settings): nothing to do")
+            rows = plot_rows(
+                state["history"],
+                state["epoch_sums"],
+                state["epoch_steps"],
+                state["step"],
+                state["steps_per_epoch"],
+            )
+            if is_main:
+                write_plots(plots_path, rows)  # DVC removed it before rerunning the stage
+            return TrainResult(checkpoint_path, state["step"], state["mlflow_run_id"], True, True, rows)
+
+        if cfg.num_threads is not None:
+            # Tiny CPU convolutions gain little from threads, and on a busy machine spinning OpenMP
+            # workers can make a step 10x slower: the default profile pins one thread.
+            torch.set_num_threads(cfg.num_threads)
+        if parallel is not None and cfg.cuda_graphs and device.type == "cuda":
+            say("cuda_graphs is off under DDP (the gradient all-reduce is not captured); compile applies")
+        domains = load_training_domains(split_dir, cfg.load_size, cfg.max_images)
+        sampler = UnpairedSampler(domains, cfg.crop_size, cfg.batch_size, seeded(cfg.seed, "data"), cfg.flip)
+        trainer = build_trainer(switches, cfg, device, parallel)
+        loop = _Loop(
+            variant_name, cfg, switches, data, trainer, sampler, checkpoint_path, plots_path, domains, track
+        )
+        if state is not None:
+            loop.restore(state)
+            say(f"resuming from step {loop.step} of {loop.target}")
+        del state
+        loop.open_run()
+        return loop.run(on_step)
+    finally:
+        distributed.shutdown(parallel)
+
+
+def make_steps(trainer: Trainer, sampler: UnpairedSampler) -> PlainSteps:
+    """The step runner for the configured path (`pipeline.fast.FastSteps` when `train.fast`)."""
+    if trainer.cfg.fast:
+        from pipeline.fast import FastSteps
+
+        return FastSteps(trainer, sampler)
+    return PlainSteps(trainer, sampler)
 
 
 class _Loop:
-    """The bookkeeping around `Trainer.step`: epochs, logging, checkpoints, the MLflow run."""
+    """The bookkeeping around the steps: epochs, read-backs, logging, checkpoints, the MLflow run."""
 
-    def __init__(self, variant, cfg, switches, data, trainer, sampler, checkpoint_path, plots_path, domains):
+    def __init__(
+        self, variant, cfg, switches, data, trainer, sampler, checkpoint_path, plots_path, domains, track=True
+    ):
         self.variant, self.cfg, self.switches, self.data = variant, cfg, switches, data
         self.trainer, self.sampler = trainer, sampler
         self.checkpoint_path, self.plots_path = checkpoint_path, plots_path
+        self.parallel = trainer.parallel
+        self.is_main = self.parallel is None or self.parallel.is_main
+        self.track = track and self.is_main
         self.steps_per_epoch = sampler.steps_per_epoch
         self.target = _target_steps(cfg, self.steps_per_epoch)
+        # The plain path checks every step's losses at once; the fast path every log_every steps.
+        self.read_every = cfg.log_every if cfg.fast else 1
+        self.log = LossLog(self.read_every, trainer.device, self.parallel)
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.epoch_sums: dict[str, float] = {}
         self.epoch_steps = 0
+        self.window: dict[str, float] = {}
         self.run_id: str | None = None
         self.resumed = False
         # Fixed sample images for the per-epoch grid: centre crops of the first ids of each domain.
@@ -532,10 +867,13 @@ class _Loop:
         }
 
     def save(self, finished: bool = False) -> None:
-        save_checkpoint(self.checkpoint_path, self.state_dict(finished))
+        if self.is_main:
+            save_checkpoint(self.checkpoint_path, self.state_dict(finished))
 
     def open_run(self) -> None:
         """Reopen the checkpoint's MLflow run, or start a new one nested under the ablation's parent."""
+        if not self.track:
+            return
         if self.run_id is not None and tracking.reopen_run(self.run_id):
             return
         if self.run_id is not None:
@@ -554,7 +892,7 @@ class _Loop:
         }
         self.run_id = tracking.start_run(self.cfg.experiment, self.variant, parent, params, tags)
 
-    def run(self, on_step: Callable[[int, dict[str, float]], None] | None) -> TrainResult:
+    def run(self, on_step: Callable[[int, LossDict], None] | None) -> TrainResult:
         status = "FAILED"
         try:
             with _signals_saved_as_flag() as interrupt:
@@ -566,12 +904,24 @@ class _Loop:
             status = "KILLED"
             raise
         finally:
-            tracking.end_run(self.run_id, status)
+            if self.track and self.run_id is not None:
+                tracking.end_run(self.run_id, status)
         return TrainResult(self.checkpoint_path, self.step, self.run_id, self.resumed, False, self._rows())
 
+    def _stop_requested(self, interrupt: dict[str, int | None]) -> bool:
+        if self.parallel is None:
+            return interrupt["signum"] is not None
+        # Every rank must stop at the same step: agree at read-back boundaries (one tiny all-reduce).
+        if self.step % self.read_every:
+            return False
+        stop = self.parallel.any(interrupt["signum"] is not None)
+        if stop and interrupt["signum"] is None:
+            interrupt["signum"] = signal.SIGTERM  # another rank was signalled
+        return stop
+
     def _train(self, interrupt: dict[str, int | None], on_step) -> None:
-        cfg, trainer = self.cfg, self.trainer
-        window: dict[str, float] = {}
+        cfg = self.cfg
+        steps = make_steps(self.trainer, self.sampler)
         window_steps, window_start = 0, time.perf_counter()
         bar = tqdm(
             total=self.target,
@@ -580,46 +930,61 @@ class _Loop:
             unit="step",
             mininterval=1.0,
             dynamic_ncols=True,
+            disable=not self.is_main,
         )
         with bar:
             while self.step < self.target:
-                if interrupt["signum"] is not None:
+                if self._stop_requested(interrupt):
+                    self._read_back()
                     self.save()
                     raise TrainingInterrupted(interrupt["signum"], self.step)
-                real_A, real_B = (
-                    batch.to(trainer.device, non_blocking=True) for batch in self.sampler.next_batch()
-                )
-                losses = check_finite(trainer.step(real_A, real_B), self.step + 1)
+                losses = steps.step()
                 self.step += 1
-                for name, value in losses.items():
-                    window[name] = window.get(name, 0.0) + value
-                    self.epoch_sums[name] = self.epoch_sums.get(name, 0.0) + value
+                self.log.record(self.step, losses)
                 window_steps += 1
                 self.epoch_steps += 1
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == self.target:
+                end_of_epoch = self.step % self.steps_per_epoch == 0
+                checkpoint_due = self.step % cfg.checkpoint_every == 0 and self.step < self.target
+                log_due = self.step % cfg.log_every == 0 or self.step == self.target
+                if log_due or end_of_epoch or checkpoint_due or self.step % self.read_every == 0:
+                    self._read_back()
+                if log_due:
                     elapsed = time.perf_counter() - window_start
                     img_per_s = window_steps * cfg.batch_size / max(elapsed, 1e-9)
-                    self._log_window(window, window_steps, img_per_s, bar)
-                    window, window_steps, window_start = {}, 0, time.perf_counter()
-                if self.step % self.steps_per_epoch == 0:
+                    self._log_window(window_steps, img_per_s, bar)
+                    window_steps, window_start = 0, time.perf_counter()
+                if end_of_epoch:
                     self._end_of_epoch()
-                if self.step % cfg.checkpoint_every == 0 and self.step < self.target:
+                if checkpoint_due:
                     self.save()
                 if on_step is not None:
                     on_step(self.step, losses)
+        timings = getattr(steps, "timings", None)
+        if timings:
+            _say(self.variant, "fast path: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
 
-    def _log_window(self, window: dict[str, float], steps: int, img_per_s: float, bar: tqdm) -> None:
-        means = {name: total / steps for name, total in window.items()}
-        metrics = {f"train/{name}": value for name, value in means.items()}
-        metrics["train/lr"] = self.trainer.optimizers["G"].param_groups[0]["lr"]
-        metrics["train/img_per_s"] = img_per_s
-        metrics["train/epoch"] = self.epoch
-        tracking.log_metrics(self.run_id, metrics, step=self.step)
+    def _read_back(self) -> None:
+        """Fetch the unread steps' losses (NaN/inf check) into the log window and the epoch sums."""
+        for _step, values in self.log.read(self.read_every):
+            for name, value in values.items():
+                self.window[name] = self.window.get(name, 0.0) + value
+                self.epoch_sums[name] = self.epoch_sums.get(name, 0.0) + value
+
+    def _log_window(self, steps: int, img_per_s: float, bar: tqdm) -> None:
+        means = {name: total / steps for name, total in self.window.items()}
+        self.window = {}
         shown = {k: means[k] for k in ("loss_G", "loss_D_X", "loss_D_Y") if k in means}
         bar.set_postfix(
             epoch=self.epoch, img_s=f"{img_per_s:.1f}", **{k: f"{v:.3f}" for k, v in shown.items()}
         )
+        if not self.track:
+            return
+        metrics = {f"train/{name}": value for name, value in means.items()}
+        metrics["train/lr"] = float(self.trainer.optimizers["G"].param_groups[0]["lr"])
+        metrics["train/img_per_s"] = img_per_s
+        metrics["train/epoch"] = self.epoch
+        tracking.log_metrics(self.run_id, metrics, step=self.step)
 
     def _rows(self) -> list[dict[str, float]]:
         return plot_rows(self.history, self.epoch_sums, self.epoch_steps, self.step, self.steps_per_epoch)
@@ -627,11 +992,13 @@ class _Loop:
     def _end_of_epoch(self) -> None:
         self.history.append(epoch_row(self.epoch_sums, self.epoch_steps, self.step, self.steps_per_epoch))
         self.epoch_sums, self.epoch_steps = {}, 0
-        write_plots(self.plots_path, self.history)
+        if self.is_main:
+            write_plots(self.plots_path, self.history)
         for scheduler in self.trainer.schedulers.values():
             scheduler.step()
-        grid = self.trainer.sample_grid(*self.samples)
-        self._log_image(grid, f"samples/epoch_{self.epoch:03d}.png")
+        if self.track:
+            grid = self.trainer.sample_grid(*self.samples)
+            self._log_image(grid, f"samples/epoch_{self.epoch:03d}.png")
 
     def _log_image(self, grid: torch.Tensor, artifact_file: str) -> None:
         import torchvision
@@ -642,6 +1009,9 @@ class _Loop:
             tracking.log_artifacts(self.run_id, local, str(Path(artifact_file).parent))
 
     def _end_of_training(self) -> None:
+        if not self.is_main:
+            return
         write_plots(self.plots_path, self._rows())  # with the partial epoch if max_steps stopped mid-epoch
-        tracking.log_artifacts(self.run_id, self.checkpoint_path, "checkpoint")
+        if self.track:
+            tracking.log_artifacts(self.run_id, self.checkpoint_path, "checkpoint")
         _say(self.variant, f"finished {self.step} steps; checkpoint {self.checkpoint_path}")

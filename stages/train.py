@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pipeline.config import from_mapping, load_section, read_params
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as exc:
         print(f"train[{args.variant}]: {exc}; rerun the stage to resume", file=sys.stderr)
         return exc.exit_code
-    print(f"train[{args.variant}]: {result.step} steps, checkpoint {result.checkpoint}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line, not one per rank
+        print(f"train[{args.variant}]: {result.step} steps, checkpoint {result.checkpoint}")
     return 0
 
 
