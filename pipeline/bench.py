@@ -291,25 +291,38 @@ def _run_reference(ctx: _Context, mode: Mode) -> dict[str, Any]:
         generator=torch.Generator().manual_seed(0),
     )
     batches = _endless(loader)
+
+    def losses() -> dict[str, torch.Tensor]:
+        real_A, real_B = next(batches)
+        return trainer.step(real_A.to(device), real_B.to(device))
+
+    step, _ = _logged(losses, device)
+    return {**_time_steps(step, cfg, device), "first_step_s": None}
+
+
+def _logged(losses: Callable[[], dict[str, torch.Tensor]], device: torch.device):
+    """A step function that reads the losses back every `REFERENCE_PRINT_FREQ` steps, and its log."""
     log = LossLog(REFERENCE_PRINT_FREQ, device)
     counter = {"step": 0}
 
     def step() -> None:
-        real_A, real_B = next(batches)
-        losses = trainer.step(real_A.to(device), real_B.to(device))
         counter["step"] += 1
-        log.record(counter["step"], losses)
+        log.record(counter["step"], losses())
         if len(log.steps) == REFERENCE_PRINT_FREQ:
             log.read()
 
+    return step, log
+
+
+def _time_steps(step: Callable[[], None], cfg: BenchConfig, device: torch.device) -> dict[str, Any]:
+    """Warm up, then time `cfg.repeats` runs of a step count that lasts about a second."""
     start = time.perf_counter()
     for _ in range(cfg.warmup):
         step()
     _sync(device)
     warmup_s = time.perf_counter() - start
     steps = _steps_per_run(step, cfg, device)
-    times = _timed_runs(step, steps, cfg.repeats, device)
-    return {"steps": steps, "times_s": times, "warmup_s": warmup_s, "first_step_s": None}
+    return {"steps": steps, "times_s": _timed_runs(step, steps, cfg.repeats, device), "warmup_s": warmup_s}
 
 
 def _fast_steps(ctx: _Context, mode: Mode):
@@ -327,27 +340,11 @@ def _fast_steps(ctx: _Context, mode: Mode):
 def _run_fast(ctx: _Context, mode: Mode) -> dict[str, Any]:
     cfg, device = ctx.cfg, ctx.device
     runner = _fast_steps(ctx, mode)
-    log = LossLog(REFERENCE_PRINT_FREQ, device)
-    counter = {"step": 0}
-
-    def step() -> None:
-        counter["step"] += 1
-        log.record(counter["step"], runner.step())
-        if len(log.steps) == REFERENCE_PRINT_FREQ:
-            log.read()
-
-    start = time.perf_counter()
-    for _ in range(cfg.warmup):
-        step()
-    _sync(device)
-    warmup_s = time.perf_counter() - start
-    steps = _steps_per_run(step, cfg, device)
-    times = _timed_runs(step, steps, cfg.repeats, device)
+    step, log = _logged(runner.step, device)
+    measured = _time_steps(step, cfg, device)
     log.read()  # the NaN/inf check covers the timed steps too
     result = {
-        "steps": steps,
-        "times_s": times,
-        "warmup_s": warmup_s,
+        **measured,
         "first_step_s": runner.timings.get("first step (compile)"),
         "capture_s": runner.timings.get("capture"),
         "graph_captured": runner.graph is not None,

@@ -53,3 +53,17 @@ def pix2pix_archive(tmp_path: Path) -> Path:
     """The same tiny dataset packed as ``cityscapes.tar.gz``."""
     make_pix2pix_tree(tmp_path / "src")
     return make_archive(tmp_path / "src", tmp_path / "cityscapes.tar.gz")
+
+
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory) -> str:
+    """A throw-away MLflow SQLite store, one per test module."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def private_tracking_store(monkeypatch, store_uri) -> str:
+    """Point every MLflow call of the test at `store_uri`, outside any ablation parent run."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
+    monkeypatch.delenv("CYCLEGAN_PARENT_RUN_ID", raising=False)
+    return store_uri

@@ -13,16 +13,7 @@ from pipeline.losses import LossSwitches
 from pipeline.train import TrainingInterrupted, ablation_key, data_fingerprint, train_variant
 from tests.test_train import TINY, make_split
 
-
-@pytest.fixture(scope="module")
-def store_uri(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-@pytest.fixture(autouse=True)
-def _private_tracking_store(monkeypatch, store_uri):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
-    monkeypatch.delenv("CYCLEGAN_PARENT_RUN_ID", raising=False)
+pytestmark = pytest.mark.usefixtures("private_tracking_store")
 
 
 @pytest.fixture(scope="module")

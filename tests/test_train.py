@@ -61,15 +61,7 @@ def make_split(root: Path, n_photo: int = 6, n_label: int = 5, size: int = 28, s
     return root
 
 
-@pytest.fixture(scope="module")
-def store_uri(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-@pytest.fixture(autouse=True)
-def _private_tracking_store(monkeypatch, store_uri):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
-    monkeypatch.delenv("CYCLEGAN_PARENT_RUN_ID", raising=False)
+pytestmark = pytest.mark.usefixtures("private_tracking_store")
 
 
 @pytest.fixture(scope="module")
