@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from pipeline.config import from_mapping, load_section, read_params
@@ -33,15 +32,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"variant {args.variant!r} is not in {args.params} `variants:` (known: {known})"
             )
         switches = from_mapping(LossSwitches, variants[args.variant], f"variants.{args.variant}")
-        result = train_variant(args.split, args.out, args.variant, switches, cfg, metrics_path=args.plots)
+        train_variant(args.split, args.out, args.variant, switches, cfg, metrics_path=args.plots)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except TrainingInterrupted as exc:
         print(f"train[{args.variant}]: {exc}; rerun the stage to resume", file=sys.stderr)
         return exc.exit_code
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line, not one per rank
-        print(f"train[{args.variant}]: {result.step} steps, checkpoint {result.checkpoint}")
+    # pipeline.train already said where the checkpoint is (once, on rank 0 under torchrun).
     return 0
 
 
