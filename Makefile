@@ -1,18 +1,19 @@
 # Two commands do all set-up: `make repro` (the pipeline) and `make test` (the tests).
-# Both create the virtualenv at .venv/ when it is missing or older than pyproject.toml.
+# Both create the virtualenv at .venv/ when it is missing or older than pyproject.toml or
+# constraints.txt (the exact versions every install gets).
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: repro test lint e2e clean-env
+.PHONY: repro test constraints clean-env
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	# torch/torchvision are pinned in pyproject.toml, so pip cannot pull a second torch build.
-	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 # make repro PROFILE=paper: the same pipeline as a DVC experiment with profiles/paper.yaml applied.
@@ -26,6 +27,12 @@ endif
 test: $(STAMP)
 	ruff check .
 	python -m pytest
+
+# Re-pin constraints.txt to what .venv holds now (after changing dependencies in pyproject.toml).
+constraints: $(STAMP)
+	{ echo "# Exact versions the pipeline was built and tested with (pip freeze of .venv)."; \
+	  echo "# The Makefile installs with -c constraints.txt; refresh with: make constraints"; \
+	  python -m pip freeze --exclude-editable; } > constraints.txt
 
 clean-env:
 	rm -rf $(VENV)
