@@ -16,10 +16,37 @@ from pipeline.errors import PipelineError
 DIRECTIONS = ("photo2label", "label2photo")
 
 
+SERVER_HINT = (
+    "start one with `prefect server start --host 127.0.0.1` and "
+    "`export PREFECT_API_URL=http://127.0.0.1:4200/api` in this terminal"
+)
+
+
+def require_prefect_api(timeout_s: float = 5.0) -> str:
+    """The configured Prefect API URL, checked to answer; a one-line `PipelineError` otherwise.
+
+    Without this, `serve` with no PREFECT_API_URL would start a private throw-away server that no
+    `prefect deployment run` in another terminal can reach, and an unreachable URL ends in a traceback.
+    """
+    import httpx
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        raise PipelineError(f"PREFECT_API_URL is not set: {SERVER_HINT}")
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise PipelineError(f"the Prefect API at {url} does not answer ({exc}): {SERVER_HINT}") from None
+    return url
+
+
 def _serve(args: argparse.Namespace) -> int:
     from prefect.deployments.runner import EntrypointType
 
     from pipeline.flows import DEPLOYMENT_NAME, cyclegan
+
+    require_prefect_api()
 
     # A module entrypoint (pipeline.flows.cyclegan) runs from any directory; limit=1 because the
     # flow runs of one workspace share params.yaml and DVC's repo lock.
@@ -36,6 +63,8 @@ def _deploy(args: argparse.Namespace) -> int:
     from prefect.deployments.runner import EntrypointType
 
     from pipeline.flows import cyclegan
+
+    require_prefect_api()
 
     # No image and no code storage: each worker imports the installed package of its own clone, and
     # runs the flow in that clone (its workspace, its DVC lock).

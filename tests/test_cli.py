@@ -70,3 +70,22 @@ def test_module_entry_point_prints_help():
         [sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True, check=True
     )
     assert all(command in result.stdout for command in ("serve", "deploy", "translate"))
+
+
+def test_serve_without_a_prefect_api_says_how_to_start_one(capsys):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # Prefect reads its settings once per process, so they are changed through its own API.
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert main(["serve"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: PREFECT_API_URL is not set") and "prefect server start" in err
+
+
+def test_serve_with_an_unreachable_api_is_one_line(capsys):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):  # refused at once
+        assert main(["serve"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "does not answer" in err and "\n" not in err
