@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from pipeline.errors import PipelineError
-from pipeline.split import read_manifest
+from pipeline.split import image_id_key, read_manifest
 
 PHOTO_SUBSET = "train_photo"
 LABEL_SUBSET = "train_label"
@@ -38,16 +38,11 @@ class TrainingDomains:
     label_ids: list[str]
 
 
-def _id_key(image_id: str) -> tuple[int, int | str]:
-    # Archive stems are numbers ("2", "10"): order them as numbers, anything else after them as text.
-    return (0, int(image_id)) if image_id.isdigit() else (1, image_id)
-
-
 def _read_subset(split_dir: Path, subset: str) -> pd.DataFrame:
     rows = read_manifest(split_dir, subset=subset)
     if rows.empty:
         raise PipelineError(f"{split_dir}/manifest.csv lists no `{subset}` images: rerun the split stage")
-    order = sorted(range(len(rows)), key=lambda i: _id_key(rows["image_id"].iloc[i]))
+    order = sorted(range(len(rows)), key=lambda i: image_id_key(rows["image_id"].iloc[i]))
     return rows.iloc[order]
 
 

@@ -30,6 +30,7 @@ MANIFEST = "manifest.csv"
 SUMMARY = "summary.json"
 ARCHIVE_SIZE = (512, 256)  # pix2pix Cityscapes: 256x256 photo | 256x256 label map
 SUBSETS = ("train_photo", "train_label", "val", "evaluator")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 @dataclass(frozen=True)
@@ -133,14 +134,20 @@ def _process_or_report(args: tuple[_Job, Path]) -> tuple[list[dict], str | None]
         return [], str(exc)
 
 
-def _image_ids(folder: Path) -> list[str]:
+def image_id_key(image_id: str) -> tuple[int, int | str]:
+    """Sort key for image ids: archive stems are numbers ("2" before "10"), anything else after them."""
+    return (0, int(image_id)) if image_id.isdigit() else (1, image_id)
+
+
+def _image_files(folder: Path) -> dict[str, Path]:
+    """The archive images of `folder` by id, in id order."""
     if not folder.is_dir():
         raise PipelineError(f"{folder} not found: run the download stage first (`dvc repro download`)")
-    stems = [p.stem for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
-    if not stems:
+    files = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    if not files:
         raise PipelineError(f"{folder} holds no images: re-run the download stage (`dvc repro -f download`)")
-    # Archive names are numbers; sort numerically so the permutation does not depend on listing order.
-    return sorted(stems, key=lambda s: (len(s), s))
+    # Sorted so that the seeded permutation does not depend on the order the folder lists in.
+    return {image_id: files[image_id] for image_id in sorted(files, key=image_id_key)}
 
 
 def domain_halves(train_ids: list[str], seed: int) -> tuple[list[str], list[str]]:
@@ -148,24 +155,16 @@ def domain_halves(train_ids: list[str], seed: int) -> tuple[list[str], list[str]
     order = np.random.default_rng(seed).permutation(len(train_ids))
     shuffled = [train_ids[i] for i in order]
     middle = (len(shuffled) + 1) // 2
-    return sorted(shuffled[:middle], key=lambda s: (len(s), s)), sorted(
-        shuffled[middle:], key=lambda s: (len(s), s)
-    )
+    return sorted(shuffled[:middle], key=image_id_key), sorted(shuffled[middle:], key=image_id_key)
 
 
 def _jobs(raw_dir: Path, cfg: SplitConfig) -> list[_Job]:
-    train_dir, val_dir = raw_dir / "train", raw_dir / "val"
-    photo_ids, label_ids = domain_halves(_image_ids(train_dir), cfg.seed)
-    roles = {**{i: "train_photo" for i in photo_ids}, **{i: "train_label" for i in label_ids}}
-
-    def source(folder: Path, image_id: str) -> Path:
-        return next(p for p in (folder / f"{image_id}{s}" for s in (".jpg", ".jpeg", ".png")) if p.exists())
-
-    jobs = [
-        _Job(source(train_dir, i), i, roles[i], cfg.load_size, cfg.test_size)
-        for i in sorted(roles, key=lambda s: (len(s), s))
-    ]
-    jobs += [_Job(source(val_dir, i), i, "val", cfg.load_size, cfg.test_size) for i in _image_ids(val_dir)]
+    train = _image_files(raw_dir / "train")
+    val = _image_files(raw_dir / "val")
+    photo_ids, label_ids = domain_halves(list(train), cfg.seed)
+    roles = {**dict.fromkeys(photo_ids, "train_photo"), **dict.fromkeys(label_ids, "train_label")}
+    jobs = [_Job(path, i, roles[i], cfg.load_size, cfg.test_size) for i, path in train.items()]
+    jobs += [_Job(path, i, "val", cfg.load_size, cfg.test_size) for i, path in val.items()]
     return jobs
 
 
@@ -197,8 +196,8 @@ def split(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: SplitConf
                     skipped.append(problem)
                 else:
                     raise PipelineError(f"bad image {problem}; replace it or set split.on_bad_image: skip")
+        rows.sort(key=lambda row: (row["subset"], row["kind"], image_id_key(row["image_id"])))
         manifest = pd.DataFrame(rows, columns=["image_id", "subset", "kind", "path", "width", "height"])
-        manifest = manifest.sort_values(["subset", "kind", "image_id"], key=_natural_key, kind="stable")
         manifest.to_csv(tmp / MANIFEST, index=False)
         summary = _summary(manifest, skipped, cfg)
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
@@ -209,12 +208,6 @@ def split(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: SplitConf
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
-
-
-def _natural_key(column: pd.Series) -> pd.Series:
-    if column.name == "image_id":
-        return column.str.zfill(12)
-    return column
 
 
 def _summary(manifest: pd.DataFrame, skipped: list[str], cfg: SplitConfig) -> dict:
