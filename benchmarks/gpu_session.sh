@@ -4,7 +4,7 @@
 #   device run:  command "bash benchmarks/gpu_session.sh", carry [".gpu"], timeout_s 600
 #   CPU rehearsal (no GPU, synthetic data, ~2 min):  TINY=1 bash benchmarks/gpu_session.sh
 #
-# It unpacks the carried split and judge (.gpu, made by `python -m pipeline.carry pack`), runs the GPU
+# It unpacks the carried split and judge (.gpu, made by `python -m benchmarks.carry pack`), runs the GPU
 # tests, the throughput benchmark (-> $OUT/h200.json), then the five-variant ablation at 128 px for as
 # many epochs as the time left allows, translate + evaluate + report, and leaves at most 8 files in
 # $OUT. Knobs (environment): BUDGET_S (total wall time, default 450), BENCH_BUDGET_S (no benchmark
@@ -30,10 +30,10 @@ if [ "$TINY" = "1" ]; then
   args+=(--tiny --work "${WORK:-/tmp/gpu-session-tiny}")
 else
   if [ ! -f .gpu/split.zip ]; then
-    echo "error: .gpu/split.zip missing: run 'python -m pipeline.carry pack --split data/split --judge models/fcn --judge-metrics metrics/fcn.json --out .gpu' and carry .gpu" >&2
+    echo "error: .gpu/split.zip missing: run 'python -m benchmarks.carry pack --split data/split --judge models/fcn --judge-metrics metrics/fcn.json --out .gpu' and carry .gpu" >&2
     exit 2
   fi
   args+=(--pack .gpu --work "${WORK:-/tmp/gpu-session}")
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv
 fi
-exec "$PYTHON" -m pipeline.gpu_session "${args[@]}"
+exec "$PYTHON" -m benchmarks.gpu_session "${args[@]}"

@@ -3,35 +3,34 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-from pipeline.config import load_section
-from pipeline.download import DataConfig, download
-from pipeline.errors import PipelineError
+from pipeline.core.config import load_section
+from pipeline.core.entry import run_main
+from pipeline.data.download import DataConfig, download
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Download/extract the dataset into --out and print a one-line summary; 1 on a `PipelineError`."""
+    """Download/extract the dataset into --out and print a one-line summary."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (section data)")
     parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. data/raw")
     args = parser.parse_args(argv)
-    started = time.perf_counter()
-    try:
+
+    def work() -> int:
+        started = time.perf_counter()
         cfg = load_section(args.params, "data", DataConfig)
         provenance = download(cfg, args.out)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    counts = " ".join(f"{split}={n}" for split, n in provenance["counts"].items())
-    print(
-        f"download: {provenance['source']} ({provenance['source_kind']}, {provenance['bytes']} bytes, "
-        f"sha256 {provenance['sha256'] or '-'}) -> {args.out}: {counts} "
-        f"in {time.perf_counter() - started:.1f} s"
-    )
-    return 0
+        counts = " ".join(f"{split}={n}" for split, n in provenance["counts"].items())
+        print(
+            f"download: {provenance['source']} ({provenance['source_kind']}, {provenance['bytes']} bytes, "
+            f"sha256 {provenance['sha256'] or '-'}) -> {args.out}: {counts} "
+            f"in {time.perf_counter() - started:.1f} s"
+        )
+        return 0
+
+    return run_main(work)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
-from pipeline.config import load_section
-from pipeline.errors import PipelineError
-from pipeline.evaluate import EvaluateConfig, run_evaluation
+from pipeline.core.config import load_section
+from pipeline.core.directions import DIRECTIONS
+from pipeline.core.entry import run_main
+from pipeline.scoring.evaluate import EvaluateConfig, run_evaluation
+from pipeline.scoring.metrics import SCORES
 
 
 def _fmt(value: float | None) -> str:
@@ -25,27 +26,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="the variant's training checkpoint (for its MLflow run id)")
     parser.add_argument("--out", required=True, help="metrics JSON to write")
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> int:
         cfg = load_section(args.params, "evaluate", EvaluateConfig)
         start = time.perf_counter()
         metrics = run_evaluation(
             args.variant, args.translations, args.split, args.judge, args.out, cfg, checkpoint=args.checkpoint
         )
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    scores = "; ".join(
-        f"{direction} "
-        + "/".join(_fmt(metrics[f"fcn/{direction}/{s}"]) for s in ("pixel_acc", "class_acc", "class_iou"))
-        + f" FID {_fmt(metrics[f'fid/{direction}'])}"
-        for direction in ("label2photo", "photo2label")
-    )
-    print(
-        f"evaluate {args.variant}: {scores} ({metrics['n_images']} images, "
-        f"{time.perf_counter() - start:.1f} s) -> {args.out}"
-    )
-    return 0
+        scores = "; ".join(
+            f"{direction} "
+            + "/".join(_fmt(metrics[f"fcn/{direction}/{s}"]) for s in SCORES)
+            + f" FID {_fmt(metrics[f'fid/{direction}'])}"
+            for direction in DIRECTIONS
+        )
+        print(
+            f"evaluate {args.variant}: {scores} ({metrics['n_images']} images, "
+            f"{time.perf_counter() - start:.1f} s) -> {args.out}"
+        )
+        return 0
+
+    return run_main(work)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from pipeline.config import load_section
-from pipeline.errors import PipelineError
-from pipeline.report import ReportConfig, build_report
+from pipeline.core.config import load_section
+from pipeline.core.entry import run_main
+from pipeline.report.build import ReportConfig, build_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,19 +24,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-plots", help="folder of the variants' training loss CSVs")
     parser.add_argument("--out", required=True, help="report folder to (re)create")
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> int:
         cfg = load_section(args.params, "report", ReportConfig)
         metrics = args.metrics[0] if len(args.metrics) == 1 else args.metrics
         paths = build_report(
             metrics, args.judge_metrics, args.translations, args.split, args.train_plots, args.out, cfg
         )
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    attached = f"; attached to MLflow run {paths.mlflow_parent_run_id}" if paths.mlflow_parent_run_id else ""
-    print(f"report: {paths.markdown}, {paths.csv}, {paths.json}, {len(paths.plots)} plots{attached}")
-    return 0
+        parent = paths.mlflow_parent_run_id
+        attached = f"; attached to MLflow run {parent}" if parent else ""
+        print(f"report: {paths.markdown}, {paths.csv}, {paths.json}, {len(paths.plots)} plots{attached}")
+        return 0
+
+    return run_main(work)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

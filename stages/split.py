@@ -1,14 +1,13 @@
-"""DVC stage `split`: data/raw/cityscapes -> data/split (see pipeline.split)."""
+"""DVC stage `split`: data/raw/cityscapes -> data/split (see `pipeline.data.split`)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
-from pipeline.config import load_section
-from pipeline.errors import PipelineError
-from pipeline.split import SplitConfig, split
+from pipeline.core.config import load_section
+from pipeline.core.entry import run_main
+from pipeline.data.split import SplitConfig, split
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,17 +16,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw", required=True, help="extracted archive folder holding train/ and val/")
     parser.add_argument("--out", required=True, help="split folder to (re)create")
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> int:
         cfg = load_section(args.params, "split", SplitConfig)
         start = time.perf_counter()
         summary = split(args.raw, args.out, cfg)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    counts = ", ".join(f"{k}={v}" for k, v in summary["counts"].items())
-    print(f"split: {counts}; skipped {len(summary['skipped'])}; {time.perf_counter() - start:.1f} s")
-    return 0
+        counts = ", ".join(f"{k}={v}" for k, v in summary["counts"].items())
+        print(f"split: {counts}; skipped {len(summary['skipped'])}; {time.perf_counter() - start:.1f} s")
+        return 0
+
+    return run_main(work)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

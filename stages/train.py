@@ -1,14 +1,15 @@
-"""DVC stage `train@<variant>`: data/split -> models/<variant>/checkpoint.pt (see pipeline.train)."""
+"""DVC stage `train@<variant>`: data/split -> models/<variant>/checkpoint.pt (`pipeline.cyclegan.loop`)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from pipeline.config import from_mapping, load_section, read_params
-from pipeline.errors import PipelineError
-from pipeline.losses import LossSwitches
-from pipeline.train import TrainConfig, TrainingInterrupted, train_variant
+from pipeline.core.config import from_mapping, load_section, read_params
+from pipeline.core.entry import run_main
+from pipeline.core.errors import PipelineError
+from pipeline.cyclegan.config import TrainConfig
+from pipeline.cyclegan.loop import train_variant
+from pipeline.cyclegan.losses import LossSwitches
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--plots", default=None, help="per-epoch loss CSV for `dvc plots`")
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> int:
         cfg = load_section(args.params, "train", TrainConfig)
         variants = read_params(args.params).get("variants") or {}
         if args.variant not in variants:
@@ -33,15 +35,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         switches = from_mapping(LossSwitches, variants[args.variant], f"variants.{args.variant}")
         train_variant(args.split, args.out, args.variant, switches, cfg, metrics_path=args.plots)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except TrainingInterrupted as exc:
-        print(f"train[{args.variant}]: {exc}; rerun the stage to resume", file=sys.stderr)
-        return exc.exit_code
-    # pipeline.train already said where the checkpoint is (once, on rank 0 under torchrun).
-    return 0
+        # The loop already said where the checkpoint is (once, on rank 0 under torchrun).
+        return 0
+
+    return run_main(work)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
-from pipeline.config import load_section
-from pipeline.errors import PipelineError
-from pipeline.translate import TranslateConfig, translate_val
+from pipeline.core.config import load_section
+from pipeline.core.entry import run_main
+from pipeline.scoring.translate import TranslateConfig, translate_val
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,17 +17,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", required=True, help="split folder (val/ and manifest.csv)")
     parser.add_argument("--out", required=True, help="translations folder to (re)create")
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> int:
         cfg = load_section(args.params, "translate", TranslateConfig)
         start = time.perf_counter()
         counts = translate_val(args.checkpoint, args.split, args.out, cfg)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    written = ", ".join(f"{direction}={n}" for direction, n in counts.items())
-    print(f"translate: {written} -> {args.out}; {time.perf_counter() - start:.1f} s")
-    return 0
+        written = ", ".join(f"{direction}={n}" for direction, n in counts.items())
+        print(f"translate: {written} -> {args.out}; {time.perf_counter() - start:.1f} s")
+        return 0
+
+    return run_main(work)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import EXPERIMENT, VARIANTS, child_runs, mlflow_client, parent_run
+from tests.e2e.harness import EXPERIMENT, VARIANTS, child_runs, mlflow_client, parent_run
 
 pytestmark = pytest.mark.e2e
 

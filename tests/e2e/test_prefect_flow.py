@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.e2e.conftest import (
+from tests.e2e.harness import (
     TINY_OVERRIDES,
     VARIANTS,
     child_runs,

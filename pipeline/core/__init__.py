@@ -1,0 +1,1 @@
+"""Shared foundations: errors, params loading, atomic files and folders, devices and seeds, image I/O."""

@@ -1,0 +1,143 @@
+"""Loading `params.yaml` sections into typed, validated dataclasses.
+
+Each module owns the dataclass for its own section (``DataConfig`` in ``download``,
+``TrainConfig`` in ``train``...); this module only knows how to build one from a mapping so that
+an unknown or mistyped key fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from pipeline.core.errors import PipelineError
+
+T = TypeVar("T")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def read_params(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
+    """Read a params file; a missing or malformed file is a `PipelineError`."""
+    path = Path(path)
+    try:
+        params = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path} not found: run from the project root or pass --params") from None
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(params, dict):
+        raise PipelineError(f"{path} must hold a mapping of sections, got {type(params).__name__}")
+    return params
+
+
+def _coerce_union(value: Any, options: tuple[Any, ...], where: str) -> Any:
+    if value is None and type(None) in options:
+        return None
+    errors = []
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return _coerce(value, option, where)
+        except PipelineError as exc:
+            errors.append(str(exc))
+    raise PipelineError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+
+
+def _coerce_container(value: Any, origin: Any, args: tuple[Any, ...], where: str) -> Any:
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise PipelineError(f"{where} must be a mapping, got {value!r}")
+        value_type = args[1] if args else Any
+        return {k: _coerce(v, value_type, f"{where}.{k}") for k, v in value.items()}
+    if not isinstance(value, (list, tuple)):
+        raise PipelineError(f"{where} must be a list, got {value!r}")
+    item_type = args[0] if args else Any
+    return origin(_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value))
+
+
+def _coerce_scalar(value: Any, annotation: type, where: str) -> Any:
+    if annotation is float and not isinstance(value, bool):
+        if isinstance(value, int):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads 2e-4 (no dot) as a string
+            except ValueError:
+                pass
+    is_bool_mismatch = annotation is not bool and isinstance(value, bool)
+    if is_bool_mismatch or not isinstance(value, annotation):
+        raise PipelineError(f"{where} must be {annotation.__name__}, got {value!r}")
+    return value
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check (and lightly coerce) one value against a dataclass field annotation."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return _coerce_union(value, typing.get_args(annotation), where)
+    if origin is typing.Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise PipelineError(f"{where} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return from_mapping(annotation, value, where)
+    if origin in (dict, list, tuple):
+        return _coerce_container(value, origin, typing.get_args(annotation), where)
+    if isinstance(annotation, type) and annotation is not Any:
+        return _coerce_scalar(value, annotation, where)
+    return value
+
+
+def from_mapping(cls: type[T], mapping: Any, where: str) -> T:
+    """Build dataclass `cls` from `mapping`, naming the offending key on any mismatch."""
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, dict):
+        raise PipelineError(f"{where} must be a mapping, got {mapping!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(mapping) - set(fields))
+    if unknown:
+        raise PipelineError(
+            f"unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)}; "
+            f"known keys: {', '.join(sorted(fields))}"
+        )
+    kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in mapping.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field without a default is missing
+        raise PipelineError(f"{where}: {exc}") from None
+    except ValueError as exc:  # __post_init__ validation
+        raise PipelineError(f"{where}: {exc}") from None
+
+
+def load_section(params_path: str | os.PathLike, section: str, cls: type[T]) -> T:
+    """Read one section of a params file into dataclass `cls`."""
+    params = read_params(params_path)
+    if section not in params:
+        raise PipelineError(f"{params_path} has no `{section}:` section")
+    return from_mapping(cls, params[section], section)
+
+
+def to_flat_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten a (nested) dataclass into dotted keys, e.g. for `mlflow.log_params`."""
+    return _flatten(dataclasses.asdict(obj), prefix)
+
+
+def _flatten(mapping: dict[str, Any], prefix: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

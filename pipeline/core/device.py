@@ -1,0 +1,37 @@
+"""Devices and seeds: one resolver for every `device:` key, one derivation of seeds per purpose."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from pipeline.core.errors import PipelineError
+
+
+def resolve_device(name: str, key: str = "device") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; asking for CUDA without one is a clear error.
+
+    `key` names the params key in the message (e.g. ``train.device``).
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PipelineError(f"{key} is {name!r} but no CUDA device is visible: set {key}: auto or cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise PipelineError(
+            f"{key} {name!r} is not a device ({exc}): use auto, cpu, cuda or cuda:N"
+        ) from None
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """Independent 63-bit seed per purpose (init, data, pools) from the one configured seed."""
+    digest = hashlib.sha256(f"{seed}/{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def seeded(seed: int, purpose: str) -> torch.Generator:
+    """A CPU generator seeded for `purpose`: one seed gives the same draws on every device."""
+    return torch.Generator().manual_seed(derive_seed(seed, purpose))

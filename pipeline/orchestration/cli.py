@@ -1,0 +1,145 @@
+"""The `cyclegan` command: what is not a DVC stage.
+
+cyclegan serve                   serve the Prefect deployment cyclegan/ablation from this machine
+cyclegan deploy --pool NAME      register cyclegan/ablation on a work pool instead (scale-out)
+cyclegan translate CKPT IN OUT --direction photo2label|label2photo
+                                 any folder of images through a trained checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.core.directions import DIRECTIONS
+from pipeline.core.errors import PipelineError
+
+SERVER_HINT = (
+    "start one with `prefect server start --host 127.0.0.1` and "
+    "`export PREFECT_API_URL=http://127.0.0.1:4200/api` in this terminal"
+)
+
+
+def require_prefect_api(timeout_s: float = 5.0) -> str:
+    """The configured Prefect API URL, checked to answer; a one-line `PipelineError` otherwise.
+
+    Without this, `serve` with no PREFECT_API_URL would start a private throw-away server that no
+    `prefect deployment run` in another terminal can reach, and an unreachable URL ends in a traceback.
+    """
+    import httpx
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        raise PipelineError(f"PREFECT_API_URL is not set: {SERVER_HINT}")
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise PipelineError(f"the Prefect API at {url} does not answer ({exc}): {SERVER_HINT}") from None
+    return url
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from prefect.deployments.runner import EntrypointType
+
+    from pipeline.orchestration.flows import DEPLOYMENT_NAME, cyclegan
+
+    require_prefect_api()
+
+    # A module entrypoint (pipeline.orchestration.flows.cyclegan) runs from any directory; limit=1 because the
+    # flow runs of one workspace share params.yaml and DVC's repo lock.
+    cyclegan.serve(
+        name=args.name,
+        limit=args.limit,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        description=f"{DEPLOYMENT_NAME}: the CycleGAN loss ablation (all variants unless `variants` is set)",
+    )
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from prefect.deployments.runner import EntrypointType
+
+    from pipeline.orchestration.flows import cyclegan
+
+    require_prefect_api()
+
+    # No image and no code storage: each worker imports the installed package of its own clone, and
+    # runs the flow in that clone (its workspace, its DVC lock).
+    cyclegan.deploy(
+        name=args.name,
+        work_pool_name=args.pool,
+        build=False,
+        push=False,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        print_next_steps=False,
+    )
+    print(
+        f"deployment cyclegan/{args.name} is on work pool {args.pool!r}; on each GPU machine, in a clone "
+        f"of the project: prefect worker start --pool {args.pool} --limit 1"
+    )
+    return 0
+
+
+def _translate(args: argparse.Namespace) -> int:
+    from pipeline.scoring.translate import translate_folder
+
+    count = translate_folder(
+        args.checkpoint,
+        args.input_dir,
+        args.output_dir,
+        args.direction,
+        device=args.device,
+        batch_size=args.batch_size,
+        size=args.size,
+    )
+    print(f"translated {count} image(s) {args.direction} into {args.output_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cyclegan", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve the Prefect deployment cyclegan/ablation (Ctrl-C stops)")
+    serve.add_argument("--name", default="ablation", help="deployment name (default: %(default)s)")
+    serve.add_argument(
+        "--limit", type=int, default=1, help="flow runs at once from this workspace (default: %(default)s)"
+    )
+    serve.set_defaults(handler=_serve)
+
+    deploy = commands.add_parser("deploy", help="register cyclegan/ablation on a Prefect work pool")
+    deploy.add_argument("--pool", required=True, help="work pool (create it: prefect work-pool create NAME)")
+    deploy.add_argument("--name", default="ablation", help="deployment name (default: %(default)s)")
+    deploy.set_defaults(handler=_deploy)
+
+    translate = commands.add_parser("translate", help="translate a folder of images with a checkpoint")
+    translate.add_argument("checkpoint", help="a training checkpoint, e.g. models/cyclegan/checkpoint.pt")
+    translate.add_argument("input_dir", help="folder of images (png, jpg)")
+    translate.add_argument("output_dir", help="folder for the translated PNGs (created)")
+    translate.add_argument(
+        "--direction", required=True, choices=DIRECTIONS, help="photo2label uses G, label2photo uses F"
+    )
+    translate.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)"
+    )
+    translate.add_argument(
+        "--batch-size", type=int, default=16, help="images per batch (default: %(default)s)"
+    )
+    translate.add_argument("--size", type=int, default=None, help="resize inputs to SIZE x SIZE first")
+    translate.set_defaults(handler=_translate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `cyclegan` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Running DVC commands: one `dvc --wait-for-lock` process per command, its output streamed into the
+Prefect run's log, its own `error:` line carried into the failure."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from pipeline.core.errors import PipelineError
+
+OUTPUT_TAIL_LINES = 60
+
+# Runs one DVC command (args after `dvc`, e.g. ["repro", "train@cyclegan"]) in a workspace with an
+# environment; raises StageFailed. The default is `dvc_command`; tests pass a fake.
+StageRunner = Callable[[Sequence[str], Path, Mapping[str, str]], None]
+
+
+class StageFailed(PipelineError):
+    """A DVC command exited non-zero; the message carries the stage's own error line."""
+
+
+def _error_detail(lines: Sequence[str]) -> str:
+    """The stage's own ``error: ...`` line (pipeline.core.errors convention), then DVC's ``ERROR: ...``."""
+    ours = [line for line in lines if line.startswith("error:")]
+    dvc = [line for line in lines if line.startswith("ERROR:")]
+    picked = ours[-1:] + dvc[-1:]
+    return "; ".join(picked) if picked else (lines[-1] if lines else "no output")
+
+
+def _logger():
+    """The Prefect run logger inside a flow or task, a plain logger elsewhere (e.g. a Python shell)."""
+    from prefect import get_run_logger
+
+    try:
+        return get_run_logger()
+    except Exception:  # prefect raises MissingContextError outside a run
+        import logging
+
+        return logging.getLogger(__name__)
+
+
+def dvc_command(args: Sequence[str], project_dir: Path, env: Mapping[str, str]) -> None:
+    """Run ``dvc --wait-for-lock <args>`` in `project_dir`, streaming its output into the run's log.
+
+    ``--wait-for-lock`` makes a second DVC process (a user's ``dvc status``, another flow run in the
+    same workspace) queue on DVC's repo lock instead of failing. DVC runs in its own process group so
+    that a cancelled flow run stops the stage's training process too, not only DVC.
+    """
+    logger = _logger()
+    argv = [sys.executable, "-m", "dvc", "--wait-for-lock", *args]
+    logger.info("$ dvc %s", " ".join(args))
+    tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
+    process = subprocess.Popen(
+        argv,
+        cwd=project_dir,
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()
+            if line:
+                logger.info(line)
+                tail.append(line)
+        returncode = process.wait()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+        raise
+    if returncode != 0:
+        raise StageFailed(f"`dvc {' '.join(args)}` exited with {returncode}: {_error_detail(list(tail))}")

@@ -1,0 +1,1 @@
+"""The ablation report: published numbers, the tables and DVC rows, the figures."""

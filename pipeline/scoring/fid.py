@@ -1,0 +1,190 @@
+"""Fréchet Inception Distance with pytorch-fid's Inception (pool3, 2048-d) and its Fréchet distance.
+
+The weights are pytorch-fid's port of the TensorFlow FID Inception, found in the torch hub cache
+(where pytorch-fid's own download puts them) or in a local file named by ``evaluate.fid.weights``.
+Without them the score is not made up: `fid_between` returns ``FidResult(None, reason)`` and warns,
+or raises `PipelineError` when the config says FID is required. Random weights are never used.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from unittest import mock
+
+import numpy as np
+import torch
+from pytorch_fid import inception as fid_inception
+from pytorch_fid.fid_score import calculate_frechet_distance, get_activations
+from pytorch_fid.inception import InceptionV3
+
+from pipeline.core.device import resolve_device
+from pipeline.core.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+DIMS = 2048
+WEIGHTS_FILE = fid_inception.FID_WEIGHTS_URL.rsplit("/", 1)[-1]  # pt_inception-2015-12-05-6726825d.pth
+# urllib waits forever by default; a firewalled (rather than offline) machine would hang the stage.
+DOWNLOAD_TIMEOUT_S = 60.0
+
+
+@dataclass
+class FidConfig:
+    """The ``evaluate.fid`` params section."""
+
+    required: bool = False  # true: missing weights are an error instead of a null score
+    weights: str | None = None  # local copy of WEIGHTS_FILE; null: torch hub cache / download
+    batch_size: int = 50
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class FidResult:
+    """A FID value, or ``None`` with the reason it could not be computed."""
+
+    value: float | None
+    reason: str | None = None
+
+
+class WeightsUnavailable(Exception):
+    """The FID Inception weights could not be found or fetched (message: why, and the fix)."""
+
+
+def cached_weights_path() -> Path:
+    """Where pytorch-fid's download stores the weights (and where a copy can be put by hand)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
+
+
+def load_inception(weights: str | Path | None = None, device: str | torch.device = "cpu") -> InceptionV3:
+    """pytorch-fid's ``InceptionV3`` returning pool3 features, in eval mode on `device`.
+
+    With `weights`, the state dict comes from that file; otherwise from the torch hub cache, trying
+    pytorch-fid's download (bounded by `DOWNLOAD_TIMEOUT_S`) when it is not cached. Raises
+    `WeightsUnavailable` when neither works; `PipelineError` when a named or cached file is bad.
+    """
+    model = _inception_from_file(Path(weights).expanduser()) if weights is not None else _inception_from_hub()
+    return model.eval().to(device)
+
+
+def _inception_from_file(path: Path) -> InceptionV3:
+    if not path.is_file():
+        raise PipelineError(
+            f"evaluate.fid.weights={path} does not exist: point it at a copy of {WEIGHTS_FILE} "
+            "or set it to null to use the torch hub cache"
+        )
+
+    def local_state_dict(*_args, **_kwargs):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    # pytorch-fid builds its patched Inception and loads the state dict in one function; swapping only
+    # the loader keeps its exact architecture code and its strict key checking.
+    try:
+        with mock.patch.object(fid_inception, "load_state_dict_from_url", local_state_dict):
+            return InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[DIMS]])
+    except Exception as exc:  # unpickling error or a strict load_state_dict mismatch
+        raise PipelineError(
+            f"evaluate.fid.weights={path} is not the FID Inception state dict ({exc}): "
+            f"use pytorch-fid's {WEIGHTS_FILE}"
+        ) from None
+
+
+def _inception_from_hub() -> InceptionV3:
+    cached = cached_weights_path()
+    if cached.is_file():
+        try:
+            return InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[DIMS]])  # hub finds the cached file
+        except Exception as exc:  # a truncated or foreign file under the expected name
+            raise PipelineError(
+                f"{cached} is not a valid FID Inception state dict ({exc}): delete it so pytorch-fid "
+                "downloads it again, or set evaluate.fid.weights to a good copy"
+            ) from None
+    log.info("%s not in the torch hub cache; trying pytorch-fid's download", WEIGHTS_FILE)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        return InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[DIMS]])
+    except Exception as exc:  # URLError, timeouts, HTTP errors
+        raise WeightsUnavailable(
+            f"the FID Inception weights are not in the torch hub cache ({cached}) and could not be "
+            f"downloaded ({type(exc).__name__}: {exc}); put {WEIGHTS_FILE} at that path or set "
+            "evaluate.fid.weights to a local copy"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def activations(
+    paths: Sequence[str | Path], model: InceptionV3, batch_size: int = 50, device: str | torch.device = "cpu"
+) -> np.ndarray:
+    """Pool3 features ``(N, 2048)`` of the images at `paths`, batched, with a progress bar.
+
+    pytorch-fid's own ``get_activations``: images scaled to [0, 1] and resized to 299 by the
+    model's ``resize_input``. Images within a batch must share one size.
+    """
+    if not paths:
+        raise PipelineError("no images to compute FID features for: check the image folders")
+    files = [str(p) for p in paths]
+    try:
+        return get_activations(
+            files, model, batch_size=min(batch_size, len(files)), dims=DIMS, device=device, num_workers=0
+        )
+    except RuntimeError as exc:
+        if "stack expects each tensor to be equal size" in str(exc):
+            raise PipelineError(
+                f"images given to FID differ in size ({exc}): translate/resize them to one size first"
+            ) from None
+        raise
+
+
+def frechet_distance(acts_a: np.ndarray, acts_b: np.ndarray) -> float:
+    """FID between two feature sets (rows are samples), via pytorch-fid's Fréchet distance."""
+    if len(acts_a) < 2 or len(acts_b) < 2:
+        raise ValueError("FID needs at least two images per set (a covariance of one sample is undefined)")
+    mu_a, sigma_a = np.mean(acts_a, axis=0), np.cov(acts_a, rowvar=False)
+    mu_b, sigma_b = np.mean(acts_b, axis=0), np.cov(acts_b, rowvar=False)
+    with warnings.catch_warnings():
+        # pytorch-fid 0.3.0 passes scipy's deprecated `disp=` to sqrtm; not ours to fix.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*disp.*")
+        return float(calculate_frechet_distance(mu_a, sigma_a, mu_b, sigma_b))
+
+
+# One Inception per (weights source, device) per process: evaluate scores two directions.
+_MODELS: dict[tuple[str, str], InceptionV3] = {}
+
+
+def _model_for(cfg: FidConfig, device: torch.device) -> InceptionV3:
+    source = str(Path(cfg.weights).expanduser().resolve()) if cfg.weights else str(cached_weights_path())
+    key = (source, str(device))
+    if key not in _MODELS:
+        _MODELS[key] = load_inception(cfg.weights, device)
+    return _MODELS[key]
+
+
+def fid_between(images_a: Sequence[str | Path], images_b: Sequence[str | Path], cfg: FidConfig) -> FidResult:
+    """FID between two lists of image files; ``FidResult(None, reason)`` when the weights are missing.
+
+    With ``cfg.required`` a missing-weights situation raises `PipelineError` naming the fix.
+    """
+    device = resolve_device(cfg.device, "evaluate.fid.device")
+    try:
+        model = _model_for(cfg, device)
+    except WeightsUnavailable as exc:
+        reason = str(exc)
+        if cfg.required:
+            raise PipelineError(f"FID is required (evaluate.fid.required: true) but {reason}") from None
+        warnings.warn(f"FID not computed: {reason}", stacklevel=2)
+        log.warning("FID not computed: %s", reason)
+        return FidResult(None, reason)
+    acts_a = activations(images_a, model, cfg.batch_size, device)
+    acts_b = activations(images_b, model, cfg.batch_size, device)
+    return FidResult(frechet_distance(acts_a, acts_b))

@@ -1,0 +1,218 @@
+"""Run a variant's generators over images: G (photo -> label map) and F (label map -> photo).
+
+`translate_val` is the DVC stage's work: every val photo through G and every val label map through F,
+saved as PNG (JPEG artefacts would change the scores) under the val ids. `translate_folder` is the
+user-facing `cyclegan translate`: any folder of images, either direction, optional resize.
+Both write into a temporary folder beside the output and move it into place when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline.core.device import resolve_device
+from pipeline.core.directions import DIRECTIONS, Direction
+from pipeline.core.errors import PipelineError
+from pipeline.core.fileio import publish_dir, staging_dir
+from pipeline.core.images import list_images as _list_images
+from pipeline.core.images import read_rgb, resize_to, save_png, stack_to_model, to_uint8
+from pipeline.cyclegan.checkpoint import LoadedGenerators, load_generators
+from pipeline.data.manifest import read_manifest
+
+# The generator halves the resolution twice: sides must be multiples of 4 (others are padded, then cropped).
+SIDE_MULTIPLE = 4
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif"})
+
+
+@dataclass(frozen=True)
+class TranslateConfig:
+    """Params section `translate`."""
+
+    batch_size: int = 16
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def load_translator(checkpoint: str | os.PathLike, device: torch.device) -> LoadedGenerators:
+    """The checkpoint's G and F on `device`; a clear `PipelineError` for a missing or foreign file."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        raise PipelineError(
+            f"{path} is a folder: pass the checkpoint file inside it, e.g. {path / 'checkpoint.pt'}"
+        )
+    try:
+        return load_generators(path, device=device)
+    except PipelineError:
+        raise
+    except (KeyError, TypeError, RuntimeError) as exc:  # a dict of the right format but wrong contents
+        raise PipelineError(
+            f"{path} is not a CycleGAN generator checkpoint ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+@torch.no_grad()
+def run_generator(net: torch.nn.Module, images: Sequence[np.ndarray], device: torch.device) -> np.ndarray:
+    """Translate a batch of same-size uint8 images; sides that are not multiples of 4 are reflect-padded."""
+    batch = stack_to_model(images).to(device)
+    height, width = batch.shape[-2:]
+    pad_h, pad_w = -height % SIDE_MULTIPLE, -width % SIDE_MULTIPLE
+    if pad_h or pad_w:
+        # Reflection needs the pad smaller than the side; tiny images fall back to replicating edges.
+        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+        batch = nnf.pad(batch, (0, pad_w, 0, pad_h), mode=mode)
+    return to_uint8(net(batch)[..., :height, :width])
+
+
+def _batches(
+    paths: Sequence[Path], batch_size: int, size: int | None
+) -> Iterator[tuple[list[Path], list[np.ndarray]]]:
+    """Consecutive files grouped into batches of one image size (a size change starts a new batch)."""
+    names: list[Path] = []
+    images: list[np.ndarray] = []
+    for path in paths:
+        pixels = read_rgb(path)
+        if size is not None:
+            pixels = resize_to(pixels, (size, size), Image.Resampling.BICUBIC)
+        if images and (len(images) == batch_size or pixels.shape != images[0].shape):
+            yield names, images
+            names, images = [], []
+        names.append(path)
+        images.append(pixels)
+    if images:
+        yield names, images
+
+
+def _translate_files(
+    net: torch.nn.Module,
+    jobs: Sequence[tuple[Path, Path]],
+    device: torch.device,
+    batch_size: int,
+    size: int | None,
+    desc: str,
+) -> int:
+    """Translate each ``(source, target)`` file pair; returns how many were written."""
+    targets = dict(jobs)
+    written = 0
+    with tqdm(total=len(jobs), desc=desc, unit="img") as bar:
+        for sources, images in _batches([source for source, _ in jobs], batch_size, size):
+            for source, pixels in zip(sources, run_generator(net, images, device), strict=True):
+                save_png(pixels, targets[source])
+            written += len(sources)
+            bar.update(len(sources))
+    return written
+
+
+def _val_files(split_dir: Path, kind: str) -> list[tuple[str, Path]]:
+    """``(val id, file)`` for every val image of `kind`, from the split manifest, in id order."""
+    rows = read_manifest(split_dir, subset="val", kind=kind)
+    if rows.empty:
+        raise PipelineError(
+            f"{split_dir} lists no val {kind} images: re-run the split stage (`dvc repro split`)"
+        )
+    files = [(str(row.image_id), split_dir / row.path) for row in rows.itertuples()]
+    missing = [str(path) for _, path in files if not path.is_file()]
+    if missing:
+        raise PipelineError(
+            f"{len(missing)} val file(s) in the manifest are missing, e.g. {missing[0]}: "
+            "re-run the split stage (`dvc repro -f split`)"
+        )
+    return files
+
+
+def translate_val(
+    checkpoint: str | os.PathLike,
+    split_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    cfg: TranslateConfig,
+) -> dict[str, int]:
+    """G on every val photo and F on every val label map -> ``out_dir/{photo2label,label2photo}/<id>.png``.
+
+    Returns the number of images written per direction.
+    """
+    split_dir, out_dir = Path(split_dir), Path(out_dir)
+    device = resolve_device(cfg.device, "translate.device")
+    nets = load_translator(checkpoint, device)
+    inputs = {"label2photo": _val_files(split_dir, "label"), "photo2label": _val_files(split_dir, "photo")}
+    counts: dict[str, int] = {}
+    with staging_dir(out_dir) as tmp:
+        for direction in DIRECTIONS:
+            (tmp / direction).mkdir()
+            jobs = [(path, tmp / direction / f"{image_id}.png") for image_id, path in inputs[direction]]
+            counts[direction] = _translate_files(
+                nets.generator(direction), jobs, device, cfg.batch_size, None, f"{nets.variant} {direction}"
+            )
+        publish_dir(tmp, out_dir)
+    return counts
+
+
+def list_images(input_dir: Path) -> list[Path]:
+    """Image files directly inside `input_dir` (by suffix), sorted by name; hidden files skipped."""
+    if not input_dir.is_dir():
+        raise PipelineError(f"input folder {input_dir} does not exist (or is not a folder)")
+    files = _list_images(input_dir, IMAGE_SUFFIXES)
+    if not files:
+        raise PipelineError(f"{input_dir} holds no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def translate_folder(
+    checkpoint: str | os.PathLike,
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    direction: Direction,
+    device: str = "auto",
+    batch_size: int = 16,
+    size: int | None = None,
+) -> int:
+    """Translate every image in `input_dir` with the checkpoint's G (photo2label) or F (label2photo).
+
+    Writes ``output_dir/<stem>.png`` for each input (PNG whatever the input format), optionally
+    resizing inputs to ``size x size`` first; returns the number written. Files already in
+    `output_dir` are kept unless overwritten; the new ones appear only once all are done.
+    """
+    if direction not in DIRECTIONS:
+        raise PipelineError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+    if batch_size < 1:
+        raise PipelineError(f"batch size must be >= 1, got {batch_size}")
+    if size is not None and size < SIDE_MULTIPLE:
+        raise PipelineError(f"size must be at least {SIDE_MULTIPLE} pixels, got {size}")
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    files = list_images(input_dir)
+    if output_dir.resolve() == input_dir.resolve():
+        raise PipelineError(f"output folder {output_dir} is the input folder: choose another one")
+    stems: dict[str, Path] = {}
+    for path in files:
+        if path.stem in stems:
+            raise PipelineError(
+                f"{stems[path.stem].name} and {path.name} would both be written as "
+                f"{path.stem}.png: rename one"
+            )
+        stems[path.stem] = path
+    torch_device = resolve_device(device, "--device")
+    nets = load_translator(checkpoint, torch_device)
+    net = nets.generator(direction)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".translate-", dir=output_dir))
+    try:
+        jobs = [(path, tmp / f"{path.stem}.png") for path in files]
+        written = _translate_files(net, jobs, torch_device, batch_size, size, direction)
+        for _, target in jobs:
+            os.replace(target, output_dir / target.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return written

@@ -1,0 +1,230 @@
+import dataclasses
+import itertools
+import json
+import signal
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.core.config import from_mapping
+from pipeline.core.errors import PipelineError
+from pipeline.cyclegan.checkpoint import load_checkpoint
+from pipeline.cyclegan.config import TrainConfig, lr_factor
+from pipeline.cyclegan.loop import train_variant
+from pipeline.cyclegan.losses import LossSwitches
+from pipeline.cyclegan.resume import config_differences
+from pipeline.data.domains import UnpairedSampler, load_domain, load_training_domains
+from pipeline.data.labels import colorize
+from stages.train import main as train_main
+from tests.factories import TINY_TRAIN as TINY
+from tests.factories import make_split, poison_loss, run_child, weights, write_params
+
+pytestmark = pytest.mark.usefixtures("private_tracking_store")
+
+
+@pytest.fixture(scope="module")
+def split_dir(tmp_path_factory):
+    return make_split(tmp_path_factory.mktemp("data") / "split")
+
+
+# --- schedule ---------------------------------------------------------------------------------------
+
+
+def test_lr_constant_then_linear_decay_like_the_reference():
+    cfg = TrainConfig(epochs_constant=100, epochs_decay=100)
+    assert [lr_factor(e, cfg) for e in (0, 50, 99)] == [1.0, 1.0, 1.0]
+    assert lr_factor(100, cfg) == pytest.approx(1 - 1 / 101)
+    assert lr_factor(199, cfg) == pytest.approx(1 / 101)  # last epoch; 0 would be the next one
+    factors = [lr_factor(e, cfg) for e in range(100, 200)]
+    assert all(a > b for a, b in itertools.pairwise(factors))
+
+
+def test_config_validation_names_the_problem():
+    with pytest.raises(PipelineError, match="crop_size 80 exceeds load_size 72"):
+        from_mapping(TrainConfig, {"load_size": 72, "crop_size": 80}, "train")
+    with pytest.raises(PipelineError, match="unknown key"):
+        from_mapping(TrainConfig, {"learning_rate": 1}, "train")
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+
+def test_domains_load_sorted_resized_and_limited(split_dir):
+    labels, ids = load_domain(split_dir, "train_label", load_size=14, max_images=3)
+    assert ids == ["101", "102", "103"] and labels.shape == (3, 3, 14, 14) and labels.dtype == torch.uint8
+    # Nearest resizing keeps every label colour a table colour.
+    palette = {tuple(c) for c in colorize(np.arange(19, dtype=np.uint8)[None])[0]}
+    assert {tuple(p) for p in labels.permute(0, 2, 3, 1).reshape(-1, 3).tolist()} <= palette
+
+
+def test_sampler_is_unpaired_seeded_and_covers_each_domain_per_epoch(split_dir):
+    domains = load_training_domains(split_dir, load_size=28)
+
+    def stream(seed, steps):
+        sampler = UnpairedSampler(domains, 24, 1, torch.Generator().manual_seed(seed))
+        return sampler, [sampler.next_batch() for _ in range(steps)]
+
+    sampler, batches = stream(0, 6)
+    assert sampler.steps_per_epoch == 6  # max(6 photos, 5 label maps)
+    assert sorted(sampler.perm_A.tolist()) == list(range(6))
+    assert set(sampler.perm_B.tolist()) == set(range(5))  # the smaller domain wraps around
+    real_A, real_B = batches[0]
+    assert real_A.shape == real_B.shape == (1, 3, 24, 24) and real_A.min() >= -1 and real_A.max() <= 1
+    _, again = stream(0, 6)
+    _, other = stream(1, 6)
+    assert all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again, strict=True)
+    )
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(batches, other, strict=True))
+
+
+def test_sampler_state_resumes_mid_epoch(split_dir):
+    domains = load_training_domains(split_dir, load_size=28)
+    first = UnpairedSampler(domains, 24, 2, torch.Generator().manual_seed(3))
+    for _ in range(2):
+        first.next_batch()
+    second = UnpairedSampler(domains, 24, 2, torch.Generator().manual_seed(99))
+    second.load_state_dict(first.state_dict())
+    for _ in range(5):  # across the epoch boundary
+        a, b = first.next_batch(), second.next_batch()
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+# --- training ---------------------------------------------------------------------------------------
+
+
+def test_train_writes_checkpoint_and_plots_then_skips_when_finished(split_dir, tmp_path, capsys):
+    cfg = dataclasses.replace(TINY, max_steps=8)
+    plots = tmp_path / "plots" / "cyclegan.csv"
+    result = train_variant(split_dir, tmp_path / "m", "cyclegan", LossSwitches(), cfg, metrics_path=plots)
+    assert result.step == 8 and not result.resumed
+    state = load_checkpoint(tmp_path / "m" / "checkpoint.pt")
+    assert state["finished"] and state["step"] == 8 and state["variant"] == "cyclegan"
+    assert state["config"]["switches"]["adversarial"] is True and state["config"]["train"]["ngf"] == 4
+    assert set(state["nets"]) == {"G", "F", "D_X", "D_Y"}
+    table = pd.read_csv(plots)
+    assert list(table["epoch"]) == [0, 1] and list(table["step"]) == [6, 8]  # epoch 1 is partial
+    assert {"loss_G", "loss_D_X", "loss_D_Y", "loss_cycle_forward", "loss_cycle_backward"} <= set(
+        table.columns
+    )
+    plots.unlink()  # DVC deletes non-persistent outputs before rerunning a stage
+
+    again = train_variant(split_dir, tmp_path / "m", "cyclegan", LossSwitches(), cfg, metrics_path=plots)
+    assert again.skipped and again.mlflow_run_id == result.mlflow_run_id
+    assert "already trained" in capsys.readouterr().err
+    assert pd.read_csv(plots).equals(table)
+
+
+def test_cycle_only_has_no_discriminators_anywhere(split_dir, tmp_path):
+    switches = LossSwitches(adversarial=False)
+    plots = tmp_path / "c.csv"
+    cfg = dataclasses.replace(TINY, max_steps=3)
+    train_variant(split_dir, tmp_path / "m", "cycle_only", switches, cfg, metrics_path=plots)
+    state = load_checkpoint(tmp_path / "m" / "checkpoint.pt")
+    assert set(state["nets"]) == {"G", "F"} and set(state["optimizers"]) == {"G"} and state["pools"] == {}
+    assert not [c for c in pd.read_csv(plots).columns if "D_" in c or "adv" in c]
+
+
+def test_changed_settings_start_over_and_say_why(split_dir, tmp_path, capsys):
+    out = tmp_path / "m"
+    train_variant(split_dir, out, "cyclegan", LossSwitches(), dataclasses.replace(TINY, max_steps=3))
+    changed = dataclasses.replace(TINY, max_steps=2, lr=1e-4)
+    result = train_variant(split_dir, out, "cyclegan", LossSwitches(), changed)
+    err = capsys.readouterr().err
+    assert "starting over" in err and "train.lr: checkpoint 0.0002, now 0.0001" in err
+    assert not result.resumed and result.step == 2
+
+
+def test_operational_keys_do_not_invalidate_a_checkpoint(split_dir, tmp_path):
+    state = {
+        "config": {"train": dataclasses.asdict(TINY), "switches": dataclasses.asdict(LossSwitches())},
+        "variant": "cyclegan",
+        "data": {"train_sha256": "abc"},
+    }
+    data = {"train_sha256": "abc"}
+    same = dataclasses.replace(TINY, max_steps=99, log_every=1, checkpoint_every=3, device="auto")
+    assert config_differences(state, "cyclegan", same, LossSwitches(), data) == []
+    diffs = config_differences(
+        state, "cyclegan", TINY, LossSwitches(cycle_backward=False), {"train_sha256": "x"}
+    )
+    assert [d.split(":")[0] for d in diffs] == ["data.train_sha256", "variant.cycle_backward"]
+
+
+def test_nan_loss_stops_naming_step_and_term(split_dir, tmp_path, monkeypatch):
+    poison_loss(monkeypatch, "loss_cycle_forward", 3, float("nan"))
+    with pytest.raises(PipelineError, match=r"loss_cycle_forward is nan at step 3"):
+        train_variant(
+            split_dir, tmp_path / "m", "cyclegan", LossSwitches(), dataclasses.replace(TINY, max_steps=5)
+        )
+
+
+# --- resume: real processes, real signals -----------------------------------------------------------
+
+
+def test_resume_after_sigkill_is_bit_identical(split_dir, tmp_path):
+    cfg = dataclasses.replace(TINY, max_steps=20)
+    params = write_params(tmp_path / "params.yaml", cfg, {"cyclegan": LossSwitches()})
+    common = ["--params", str(params), "--variant", "cyclegan", "--split", str(split_dir)]
+
+    straight = tmp_path / "straight"
+    assert train_main([*common, "--out", str(straight)]) == 0
+
+    killed = tmp_path / "killed"
+    # SIGKILL at step 13: steps 11-13 are lost, the rerun resumes from the step-10 checkpoint.
+    child = run_child(13, signal.SIGKILL, [*common, "--out", str(killed)])
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    state = load_checkpoint(killed / "checkpoint.pt")
+    assert state["step"] == 10 and not state["finished"]
+    assert not list(killed.glob(".*tmp"))  # no half-written temp file left behind
+
+    assert train_main([*common, "--out", str(killed)]) == 0
+    resumed, reference = weights(killed / "checkpoint.pt"), weights(straight / "checkpoint.pt")
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    assert load_checkpoint(killed / "checkpoint.pt")["mlflow_run_id"] == state["mlflow_run_id"]
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(split_dir, tmp_path):
+    cfg = dataclasses.replace(TINY, max_steps=20)
+    params = write_params(tmp_path / "params.yaml", cfg, {"cyclegan": LossSwitches()})
+    out = tmp_path / "m"
+    args = ["--params", str(params), "--variant", "cyclegan", "--split", str(split_dir), "--out", str(out)]
+    child = run_child(7, signal.SIGTERM, args)
+    assert child.returncode == 128 + signal.SIGTERM, child.stderr
+    assert "stopped by SIGTERM at step 7" in child.stderr
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["step"] == 7 and not state["finished"]
+
+
+def test_stage_rejects_unknown_variant(split_dir, tmp_path, capsys):
+    params = write_params(tmp_path / "params.yaml", TINY, {"cyclegan": LossSwitches()})
+    code = train_main(["--params", str(params), "--variant", "nope", "--split", str(split_dir), "--out", "x"])
+    assert code == 1 and "variant 'nope' is not in" in capsys.readouterr().err
+
+
+def test_checkpoint_records_the_resolved_config(split_dir, tmp_path):
+    gan_only = LossSwitches(cycle_forward=False, cycle_backward=False)
+    cfg = dataclasses.replace(TINY, max_steps=1)
+    train_variant(split_dir, tmp_path / "m", "gan_only", gan_only, cfg)
+    state = load_checkpoint(tmp_path / "m" / "checkpoint.pt")
+    assert TrainConfig(**state["config"]["train"]) == cfg
+    assert LossSwitches(**state["config"]["switches"]) == gan_only
+    assert json.dumps(state["data"])  # plain strings / None
+
+
+def test_bf16_autocast_step_runs_with_pools_and_mixed_dtypes(split_dir, monkeypatch):
+    # CUDA is not needed to exercise the autocast code path: the same ops run under CPU bf16 autocast.
+    from pipeline.cyclegan.trainer import Trainer, build_trainer
+
+    monkeypatch.setattr(Trainer, "autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
+    trainer = build_trainer(
+        LossSwitches(identity=0.5), dataclasses.replace(TINY, pool_size=2), torch.device("cpu")
+    )
+    sampler = UnpairedSampler(load_training_domains(split_dir, 28), 24, 2, torch.Generator().manual_seed(0))
+    for _ in range(3):
+        losses = trainer.step(*sampler.next_batch())
+    assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
+    assert trainer.pools["X"].images.dtype == torch.bfloat16 and trainer.pools["X"].count == 2
+    assert all(p.dtype == torch.float32 for p in trainer.nets.G.parameters())

@@ -1,0 +1,247 @@
+"""Synthetic data for the tests: tiny stand-ins for the archive, the split, checkpoints and configs.
+
+Never real Cityscapes images: every picture here is made from random numbers and the label table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from PIL import Image
+
+from pipeline.cyclegan.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from pipeline.cyclegan.config import TrainConfig
+from pipeline.cyclegan.losses import LossSwitches
+from pipeline.cyclegan.models import GeneratorConfig, ResnetGenerator, init_weights
+from pipeline.data.labels import NUM_CLASSES, colorize
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A training run of a few seconds on a CPU.
+TINY_TRAIN = TrainConfig(
+    device="cpu",
+    num_threads=1,
+    load_size=28,
+    crop_size=24,
+    ngf=4,
+    ndf=4,
+    n_blocks=1,
+    epochs_constant=2,
+    epochs_decay=2,
+    checkpoint_every=10,
+    log_every=5,
+    experiment="test-train",
+)
+TINY_GENERATOR = GeneratorConfig(ngf=4, n_blocks=1)
+
+
+# --- the archive --------------------------------------------------------------------------------------
+
+
+def make_pair_image(rng: np.random.Generator, width: int = 512, height: int = 256) -> Image.Image:
+    """One archive-style image: a noisy 'photo' on the left, a blocky colour label map on the right."""
+    half = width // 2
+    blocks = rng.integers(0, NUM_CLASSES, size=(height // 32, half // 32)).astype(np.uint8)
+    train_ids = np.kron(blocks, np.ones((32, 32), dtype=np.uint8))
+    label = colorize(train_ids)
+    photo = np.clip(label.astype(np.int16) // 2 + rng.integers(0, 96, size=label.shape), 0, 255)
+    return Image.fromarray(np.concatenate([photo.astype(np.uint8), label], axis=1))
+
+
+def make_pix2pix_tree(
+    root: Path, n_train: int = 12, n_val: int = 4, seed: int = 0, width: int = 512, height: int = 256
+) -> Path:
+    """Write ``root/cityscapes/{train,val}/N.jpg`` like the pix2pix archive; return ``root/cityscapes``."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", n_train), ("val", n_val)):
+        folder = root / "cityscapes" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(1, count + 1):
+            make_pair_image(rng, width, height).save(folder / f"{index}.jpg", quality=95)
+    return root / "cityscapes"
+
+
+def make_archive(tree_parent: Path, archive: Path) -> Path:
+    """Pack ``tree_parent/cityscapes`` into a tar.gz at `archive` (sorted, like the shared copy)."""
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree_parent / "cityscapes", arcname="cityscapes")
+    return archive
+
+
+# --- the split ----------------------------------------------------------------------------------------
+
+
+def make_split(root: Path, n_photo: int = 6, n_label: int = 5, size: int = 28, seed: int = 0) -> Path:
+    """A split folder with only the training domains (layout of data/split), random tiny images."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    domains = (
+        ("train_photo", "photo", range(1, n_photo + 1)),
+        ("train_label", "label", range(101, 101 + n_label)),
+    )
+    for subset, kind, ids in domains:
+        (root / subset).mkdir(parents=True, exist_ok=True)
+        for image_id in ids:
+            if kind == "photo":
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            else:
+                pixels = colorize(rng.integers(0, 19, (size, size)).astype(np.uint8))
+            Image.fromarray(pixels).save(root / subset / f"{image_id}.png")
+            rows.append((str(image_id), subset, kind, f"{subset}/{image_id}.png", size, size))
+    columns = ["image_id", "subset", "kind", "path", "width", "height"]
+    pd.DataFrame(rows, columns=columns).to_csv(root / "manifest.csv", index=False)
+    return root
+
+
+def make_val_split(root: Path, n: int = 3, size: int = 16, seed: int = 0) -> Path:
+    """A split folder holding only val triples (photo, label map, mask) and their manifest rows."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for kind in ("photo", "label", "mask"):
+        (root / "val" / kind).mkdir(parents=True)
+    for index in range(1, n + 1):
+        ids = np.kron(rng.integers(0, NUM_CLASSES, size=(size // 4, size // 4)), np.ones((4, 4))).astype(
+            np.uint8
+        )
+        ids[0, 0] = 255  # one void pixel: must be ignored by every metric
+        label = colorize(ids)
+        photo = np.clip(label.astype(np.int16) // 2 + rng.integers(0, 64, size=label.shape), 0, 255).astype(
+            np.uint8
+        )
+        for kind, pixels in (("photo", photo), ("label", label), ("mask", ids)):
+            path = f"val/{kind}/{index}.png"
+            Image.fromarray(pixels).save(root / path)
+            rows.append(
+                {
+                    "image_id": str(index),
+                    "subset": "val",
+                    "kind": kind,
+                    "path": path,
+                    "width": size,
+                    "height": size,
+                }
+            )
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return root
+
+
+# --- checkpoints, params, processes ---------------------------------------------------------------------
+
+
+def make_checkpoint(path: Path, variant: str = "cyclegan", run_id: str | None = None, seed: int = 0) -> Path:
+    """A format-1 checkpoint with tiny, differently initialised G and F (what translate needs of it)."""
+    generator = torch.Generator().manual_seed(seed)
+    nets = {}
+    for name in ("G", "F"):
+        net = ResnetGenerator(TINY_GENERATOR)
+        init_weights(net, generator, gain=0.5)  # large weights: outputs differ visibly between G and F
+        nets[name] = net.state_dict()
+    state = {
+        "format": FORMAT,
+        "variant": variant,
+        "config": {"train": {"ngf": TINY_GENERATOR.ngf, "n_blocks": TINY_GENERATOR.n_blocks}, "switches": {}},
+        "nets": nets,
+        "step": 7,
+        "mlflow_run_id": run_id,
+    }
+    save_checkpoint(path, state)
+    return path
+
+
+def write_params(path: Path, cfg: TrainConfig, variants: dict[str, LossSwitches]) -> Path:
+    params = {
+        "train": dataclasses.asdict(cfg),
+        "variants": {name: dataclasses.asdict(s) for name, s in variants.items()},
+    }
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    state = load_checkpoint(checkpoint)
+    return {f"{net}.{k}": v for net, sd in state["nets"].items() for k, v in sd.items()}
+
+
+# Runs the train stage in a real process that signals itself after step `kill_at`.
+CHILD = """
+import os, signal, sys
+import stages.train as stage
+from pipeline.cyclegan import loop as train
+
+kill_at, signum = int(sys.argv[1]), int(sys.argv[2])
+
+def on_step(step, losses):
+    if step == kill_at:
+        os.kill(os.getpid(), signum)
+
+real = train.train_variant
+stage.train_variant = lambda *a, **k: real(*a, on_step=on_step, **k)
+sys.exit(stage.main(sys.argv[3:]))
+"""
+
+
+def run_child(kill_at: int, signum: int, stage_args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, str(kill_at), str(int(signum)), *stage_args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def copy_project(destination: Path, keep_lock: bool = True, commit: bool = False) -> Path:
+    """The repository's tracked and untracked-but-not-ignored files (no data) in a fresh git repository.
+
+    `keep_lock=False` leaves out dvc.lock (a project that has never run); `commit` commits the copy
+    (DVC experiments and the flow's git provenance need a commit).
+    """
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    skipped = {"params.before-overrides.yaml"} | (set() if keep_lock else {"dvc.lock"})
+    for raw in listed:
+        relative = raw.decode()
+        source = ROOT / relative
+        if not relative or not source.is_file() or relative in skipped:
+            continue
+        target = destination / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], cwd=destination, check=True)
+    if commit:
+        subprocess.run([*git, "add", "-A"], cwd=destination, check=True)
+        subprocess.run([*git, "commit", "-qm", "test snapshot"], cwd=destination, check=True)
+    return destination
+
+
+def poison_loss(monkeypatch, term: str, at_call: int, value: float) -> None:
+    """Make the generator objective return `value` times `term` on its `at_call`-th call (1-based)."""
+    import pipeline.cyclegan.trainer as trainer
+
+    real, calls = trainer.generator_losses, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        losses, fakes = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            losses[term] = losses[term] * value
+        return losses, fakes
+
+    monkeypatch.setattr(trainer, "generator_losses", poisoned)
