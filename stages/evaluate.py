@@ -1,4 +1,4 @@
-"""DVC stage `evaluate@<variant>`: FCN scores (both directions) and FID -> metrics/<variant>.json."""
+"""DVC stage `evaluate@<variant>-<seed>`: FCN scores (both directions) and FID -> metrics/<run>.json."""
 
 from __future__ import annotations
 
@@ -25,13 +25,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judge", required=True, help="the FCN judge's checkpoint.pt")
     parser.add_argument("--checkpoint", help="the variant's training checkpoint (for its MLflow run id)")
     parser.add_argument("--out", required=True, help="metrics JSON to write")
+    parser.add_argument("--confusion", help="per-image confusion matrices (.npz) to write, for the report")
     args = parser.parse_args(argv)
 
     def work() -> int:
         cfg = load_section(args.params, "evaluate", EvaluateConfig)
         start = time.perf_counter()
         metrics = run_evaluation(
-            args.variant, args.translations, args.split, args.judge, args.out, cfg, checkpoint=args.checkpoint
+            args.variant,
+            args.translations,
+            args.split,
+            args.judge,
+            args.out,
+            cfg,
+            checkpoint=args.checkpoint,
+            confusion_npz=args.confusion,
         )
         scores = "; ".join(
             f"{direction} "
@@ -40,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             for direction in DIRECTIONS
         )
         print(
-            f"evaluate {args.variant}: {scores} ({metrics['n_images']} images, "
+            f"evaluate {args.variant}-{metrics.get('seed')}: {scores} ({metrics['n_images']} images, "
             f"{time.perf_counter() - start:.1f} s) -> {args.out}"
         )
         return 0

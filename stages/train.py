@@ -1,8 +1,12 @@
-"""DVC stage `train@<variant>`: data/split -> models/<variant>/checkpoint.pt (`pipeline.cyclegan.loop`)."""
+"""DVC stage `train@<variant>-<seed>`: data/split -> models/<variant>-<seed>/checkpoint.pt.
+
+The library side is `pipeline.cyclegan.loop.train_variant`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from pipeline.core.config import from_mapping, load_section, read_params
 from pipeline.core.entry import run_main
@@ -16,18 +20,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--variant", required=True, help="a key of the params' `variants:` section")
+    parser.add_argument("--seed", type=int, required=True, help="one of the params' `seeds:`")
     parser.add_argument(
         "--split", required=True, help="split folder (train_photo/, train_label/, manifest.csv)"
     )
     parser.add_argument(
         "--out", required=True, help="folder for checkpoint.pt (kept between runs: resumable)"
     )
-    parser.add_argument("--plots", default=None, help="per-epoch loss CSV for `dvc plots`")
+    parser.add_argument("--plots", default=None, help="the loss curves' CSV (a row every log_every steps)")
     args = parser.parse_args(argv)
 
     def work() -> int:
-        cfg = load_section(args.params, "train", TrainConfig)
-        variants = read_params(args.params).get("variants") or {}
+        params = read_params(args.params)
+        if "seed" in (params.get("train") or {}):
+            raise PipelineError(
+                f"{args.params}: train.seed is gone; list the training seeds in the top-level `seeds:`"
+            )
+        cfg = dataclasses.replace(load_section(args.params, "train", TrainConfig), seed=args.seed)
+        variants = params.get("variants") or {}
         if args.variant not in variants:
             known = ", ".join(variants) or "none"
             raise PipelineError(

@@ -6,6 +6,7 @@ Never real Cityscapes images: every picture here is made from random numbers and
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -24,6 +25,9 @@ from pipeline.cyclegan.config import TrainConfig
 from pipeline.cyclegan.losses import LossSwitches
 from pipeline.cyclegan.models import GeneratorConfig, ResnetGenerator, init_weights
 from pipeline.data.labels import NUM_CLASSES, colorize
+from pipeline.judge.model import FCN8s, FCNConfig
+from pipeline.judge.scoring import FORMAT as JUDGE_FORMAT
+from pipeline.judge.scoring import KIND
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,6 +47,39 @@ TINY_TRAIN = TrainConfig(
     experiment="test-train",
 )
 TINY_GENERATOR = GeneratorConfig(ngf=4, n_blocks=1)
+
+# The whole pipeline on a generated archive of N_TRAIN + N_VAL images in seconds per stage, as
+# `dvc exp run -S` / flow overrides. `++` sets a key whether or not params.yaml has it yet (a typo
+# still fails: the stage's config rejects unknown keys).
+N_TRAIN, N_VAL = 8, 4
+TINY_OVERRIDES = [
+    f"++data.expected_counts={{train:{N_TRAIN},val:{N_VAL}}}",
+    "++split.load_size=40",
+    "++split.test_size=32",
+    "++split.workers=1",
+    "++train.device=cpu",
+    "++train.load_size=36",
+    "++train.crop_size=32",
+    "++train.max_images=4",
+    "++train.ngf=4",
+    "++train.ndf=4",
+    "++train.n_blocks=1",
+    "++train.max_steps=4",
+    "++train.checkpoint_every=2",
+    "++train.log_every=1",
+    "++judge.device=cpu",
+    "++judge.image_size=32",
+    "++judge.epochs=1",
+    "++judge.batch_size=4",
+    "++judge.width=4",
+    "++judge.eval_batch_size=4",
+    "++translate.device=cpu",
+    "++translate.batch_size=4",
+    "++evaluate.device=cpu",
+    "++evaluate.batch_size=4",
+    "++evaluate.log_samples=1",
+    "++report.n_samples=2",
+]
 
 
 # --- the archive --------------------------------------------------------------------------------------
@@ -159,8 +196,12 @@ def make_checkpoint(path: Path, variant: str = "cyclegan", run_id: str | None = 
 
 
 def write_params(path: Path, cfg: TrainConfig, variants: dict[str, LossSwitches]) -> Path:
+    """params.yaml with `cfg` as the train section and `variants`; the train stage takes the seed
+    from its --seed (params hold the `seeds:` list)."""
+    train = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "seed"}
     params = {
-        "train": dataclasses.asdict(cfg),
+        "train": train,
+        "seeds": [cfg.seed],
         "variants": {name: dataclasses.asdict(s) for name, s in variants.items()},
     }
     path.write_text(yaml.safe_dump(params))
@@ -245,3 +286,123 @@ def poison_loss(monkeypatch, term: str, at_call: int, value: float) -> None:
         return losses, fakes
 
     monkeypatch.setattr(trainer, "generator_losses", poisoned)
+
+
+# --- what the report reads -----------------------------------------------------------------------------
+
+
+def confusions_with_accuracy(accuracies: list[float], pixels: int = 20) -> np.ndarray:
+    """Per-image confusion matrices ``(N, 19, 20)``: image i has `pixels` pixels of every class, a
+    share `accuracies[i]` of them right and the rest predicted as the next class."""
+    out = np.zeros((len(accuracies), NUM_CLASSES, NUM_CLASSES + 1), dtype=np.int64)
+    for i, accuracy in enumerate(accuracies):
+        right = round(pixels * accuracy)
+        for c in range(NUM_CLASSES):
+            out[i, c, c] = right
+            out[i, c, (c + 1) % NUM_CLASSES] = pixels - right
+    return out
+
+
+def make_report_inputs(
+    root: Path, quality: dict[str, float], seeds: list[int], n_images: int = 30, fid: float | None = None
+) -> dict[str, Path]:
+    """Everything the report stage reads, for variants of the given mean accuracy: metrics files,
+    per-image matrices (image accuracies spread around the variant's quality, shifted per seed), the
+    bounds, a val split, translations and loss curves."""
+    from pipeline.scoring.evaluate import save_confusions
+    from pipeline.scoring.metrics import segmentation_scores
+
+    rng = np.random.default_rng(0)
+    spread = rng.uniform(-0.1, 0.1, n_images)
+    ids = [str(i) for i in range(1, n_images + 1)]
+    metrics, confusion = root / "metrics", root / "confusion"
+    metrics.mkdir(parents=True, exist_ok=True)
+    confusion.mkdir(parents=True, exist_ok=True)
+    bounds = {
+        "floor/label2photo": confusions_with_accuracy([0.1] * n_images),
+        "floor/photo2label": confusions_with_accuracy([0.05] * n_images),
+        "ceiling/label2photo": confusions_with_accuracy([0.8] * n_images),
+        "ceiling/photo2label": confusions_with_accuracy([1.0] * n_images),
+    }
+    save_confusions(confusion / "bounds.npz", ids, bounds)
+    (metrics / "bounds.json").write_text(json.dumps({"n_images": n_images}))
+    for variant, mean in quality.items():
+        for seed in seeds:
+            accuracies = list(np.clip(mean + spread + 0.01 * seed, 0, 1))
+            cms = {d: confusions_with_accuracy(accuracies) for d in ("label2photo", "photo2label")}
+            save_confusions(confusion / f"{variant}-{seed}.npz", ids, cms)
+            record = {"variant": variant, "seed": seed, "n_images": n_images, "mlflow_run_id": None}
+            for direction, cm in cms.items():
+                scores = segmentation_scores(cm.sum(axis=0))
+                record |= {f"fcn/{direction}/{s}": scores[s] for s in ("pixel_acc", "class_acc", "class_iou")}
+                record[f"fid/{direction}"] = fid
+            if fid is None:
+                record["fid_unavailable"] = "FID Inception weights not in the torch hub cache"
+            record |= {
+                "protocol": "disjoint",
+                "steps": 8,
+                "train": {"crop_size": 24},
+                "machine": {"cpu": "test"},
+            }
+            (metrics / f"{variant}-{seed}.json").write_text(json.dumps(record))
+    split = make_val_split(root / "split", n=3, size=16)
+    translations = root / "translations"
+    for variant in quality:
+        for direction in ("photo2label", "label2photo"):
+            folder = translations / f"{variant}-{seeds[0]}" / direction
+            folder.mkdir(parents=True, exist_ok=True)
+            for image_id in ("1", "2", "3"):
+                Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(folder / f"{image_id}.png")
+    plots = root / "plots" / "train"
+    plots.mkdir(parents=True, exist_ok=True)
+    for variant in quality:
+        for seed in seeds:
+            columns = {"step": [10, 20, 30], "epoch": [0, 0, 1], "loss_G": [3.0, 2.5, 2.0]}
+            if variant != "cycle_only":
+                columns["loss_D_Y"] = [0.5, 0.4, 0.3]
+            pd.DataFrame(columns).to_csv(plots / f"{variant}-{seed}.csv", index=False)
+    return {
+        "metrics": metrics,
+        "confusion": confusion,
+        "bounds": metrics / "bounds.json",
+        "translations": translations,
+        "split": split,
+        "train_plots": plots,
+    }
+
+
+def tiny_judge_checkpoint(path: Path) -> Path:
+    """A finished judge checkpoint holding an untrained, tiny FCN (what `load_judge` reads)."""
+    model = FCNConfig(width=2)
+    torch.save(
+        {
+            "kind": KIND,
+            "format": JUDGE_FORMAT,
+            "finished": True,
+            "step": 1,
+            "total_steps": 1,
+            "model": {"width": model.width, "num_classes": model.num_classes},
+            "net": FCN8s(model).state_dict(),
+            "config": {"image_size": 16, "eval_batch_size": 4},
+        },
+        path,
+    )
+    return path
+
+
+def make_full_split(root: Path) -> Path:
+    """A split with training domains (6 photos, 5 label maps at 28 px) and 3 val triples (16 px), one
+    manifest: what the bounds stage reads."""
+    make_split(root / "train")
+    make_val_split(root / "val_part")
+    rows = []
+    for part in ("train", "val_part"):
+        manifest = pd.read_csv(root / part / "manifest.csv", dtype={"image_id": str})
+        for row in manifest.itertuples():
+            target = root / row.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(root / part / row.path, target)
+        rows.append(manifest)
+        shutil.rmtree(root / part)
+    pd.concat(rows).to_csv(root / "manifest.csv", index=False)
+    return root

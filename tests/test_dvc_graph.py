@@ -30,8 +30,12 @@ def test_every_stage_depends_on_exactly_its_import_closure():
 def test_a_deleted_dep_is_caught(tmp_path):
     text = (ROOT / "dvc.yaml").read_text()
     broken = tmp_path / "dvc.yaml"
-    # The first line naming the judge's scoring module: evaluate's (the judge stage lists its folder).
-    broken.write_text(re.sub(r"^ +- pipeline/judge/scoring\.py\n", "", text, count=1, flags=re.MULTILINE))
+    # The evaluate stage's line naming the judge's scoring module.
+    start = text.index("\n  evaluate:\n")
+    head, tail = text[:start], text[start:]
+    broken.write_text(
+        head + re.sub(r"^ +- pipeline/judge/scoring\.py\n", "", tail, count=1, flags=re.MULTILINE)
+    )
     problems = drift(broken)
     print(json.dumps(problems, indent=2))
     assert problems == {"evaluate": {"missing": ["pipeline/judge/scoring.py"], "extra": []}}

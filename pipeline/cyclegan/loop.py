@@ -41,11 +41,12 @@ from tqdm import tqdm
 from pipeline.core.config import to_flat_dict
 from pipeline.core.device import resolve_device, seeded
 from pipeline.core.images import to_model_range
+from pipeline.core.machine import machine_facts
 from pipeline.core.signals import Interrupted, StopRequest, stop_requests
 from pipeline.cyclegan import distributed
 from pipeline.cyclegan.checkpoint import CHECKPOINT_NAME, FORMAT, save_checkpoint
 from pipeline.cyclegan.config import TrainConfig, target_steps
-from pipeline.cyclegan.curves import epoch_row, plot_rows, write_plots
+from pipeline.cyclegan.curves import window_row, write_curves
 from pipeline.cyclegan.losses import LossDict, LossSwitches
 from pipeline.cyclegan.resume import ablation_key, config_record, data_fingerprint, resumable_checkpoint
 from pipeline.cyclegan.steps import LossLog, make_steps
@@ -82,8 +83,8 @@ def train_variant(
 ) -> TrainResult:
     """Train (or resume, or skip if finished) one variant; the checkpoint is `<out_dir>/checkpoint.pt`.
 
-    `metrics_path`: the per-epoch loss CSV for `dvc plots`. `on_step(step, losses)` runs after every
-    step, once that step's checkpoint (if due) is written; `losses` are the step's detached loss
+    `metrics_path`: the loss curves' CSV (a row every `log_every` steps). `on_step(step, losses)` runs
+    after every step, once that step's checkpoint (if due) is written; `losses` are the step's detached loss
     tensors (reading them synchronises with the device; on a captured step they are valid until the
     next step). `track=False` logs nothing to MLflow (a machine without a store). Launched by `torchrun`,
     trains data-parallel (`pipeline.cyclegan.distributed`): rank 0 alone tracks and writes files. Raises
@@ -99,20 +100,15 @@ def train_variant(
             device = parallel.device
         is_main = parallel is None or parallel.is_main
         data = data_fingerprint(split_dir)
-        say = functools.partial(_say, variant_name) if is_main else lambda _message: None
+        say = functools.partial(_say, f"{variant_name}-{cfg.seed}") if is_main else lambda _message: None
         state = resumable_checkpoint(checkpoint_path, variant_name, cfg, switches, data, say)
         if state is not None and state["step"] >= target_steps(cfg, state["steps_per_epoch"]):
             say(f"already trained ({state['step']} steps, same settings): nothing to do")
-            rows = plot_rows(
-                state["history"],
-                state["epoch_sums"],
-                state["epoch_steps"],
-                state["step"],
-                state["steps_per_epoch"],
-            )
             if is_main:
-                write_plots(plots_path, rows)  # DVC removed it before rerunning the stage
-            return TrainResult(checkpoint_path, state["step"], state["mlflow_run_id"], True, True, rows)
+                write_curves(plots_path, state["history"])  # DVC removed it before rerunning the stage
+            return TrainResult(
+                checkpoint_path, state["step"], state["mlflow_run_id"], True, True, state["history"]
+            )
 
         if cfg.num_threads is not None:
             # Tiny CPU convolutions gain little from threads, and on a busy machine spinning OpenMP
@@ -154,10 +150,9 @@ class TrainingLoop:
         self.read_every = cfg.log_every if cfg.fast else 1
         self.log = LossLog(self.read_every, trainer.device, self.parallel)
         self.step = 0
-        self.history: list[dict[str, float]] = []
-        self.epoch_sums: dict[str, float] = {}
-        self.epoch_steps = 0
-        self.window: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []  # one row per log window (the loss curves)
+        self.window: dict[str, float] = {}  # loss sums of the window in progress...
+        self.window_steps = 0  # ...over this many steps (saved: a resumed run logs the same rows)
         self.run_id: str | None = None
         self.resumed = False
         # Fixed sample images for the per-epoch grid: centre crops of the first ids of each domain.
@@ -184,7 +179,7 @@ class TrainingLoop:
         if self.trainer.device.type == "cuda" and state["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.step, self.history = state["step"], state["history"]
-        self.epoch_sums, self.epoch_steps = state["epoch_sums"], state["epoch_steps"]
+        self.window, self.window_steps = state["window"], state["window_steps"]
         self.run_id = state["mlflow_run_id"]
         self.resumed = True
 
@@ -195,6 +190,7 @@ class TrainingLoop:
             "variant": self.variant,
             "config": config_record(self.cfg, self.switches),
             "data": dict(self.data),
+            "machine": machine_facts(self.trainer.device),  # where these weights were computed
             **self.trainer.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": {
@@ -206,10 +202,13 @@ class TrainingLoop:
             "steps_per_epoch": self.steps_per_epoch,
             "finished": finished,
             "history": self.history,
-            "epoch_sums": self.epoch_sums,
-            "epoch_steps": self.epoch_steps,
+            "window": self.window,
+            "window_steps": self.window_steps,
             "mlflow_run_id": self.run_id,
         }
+
+    def _say(self, message: str) -> None:
+        _say(f"{self.variant}-{self.cfg.seed}", message)
 
     def save(self, finished: bool = False) -> None:
         if self.is_main:
@@ -222,10 +221,7 @@ class TrainingLoop:
         if self.run_id is not None and tracking.reopen_run(self.run_id):
             return
         if self.run_id is not None:
-            _say(
-                self.variant,
-                f"MLflow run {self.run_id} is gone from {tracking.tracking_uri()}: starting a new one",
-            )
+            self._say(f"MLflow run {self.run_id} is gone from {tracking.tracking_uri()}: starting a new one")
         parent = tracking.parent_run_id(self.cfg.experiment, ablation_key(self.data, self.cfg))
         params = to_flat_dict(self.cfg, "train.")
         params.update(to_flat_dict(self.switches, "variant."))
@@ -233,9 +229,13 @@ class TrainingLoop:
         tags = {
             "data_version": str(self.data["data_version"]),
             "cyclegan.variant": self.variant,
+            "cyclegan.seed": str(self.cfg.seed),
+            "cyclegan.protocol": str(self.data["protocol"]),
             "cyclegan.train_sha256": str(self.data["train_sha256"]),
+            **{f"machine.{key}": value for key, value in machine_facts(self.trainer.device).items()},
         }
-        self.run_id = tracking.start_run(self.cfg.experiment, self.variant, parent, params, tags)
+        name = f"{self.variant}-seed{self.cfg.seed}"
+        self.run_id = tracking.start_run(self.cfg.experiment, name, parent, params, tags)
 
     def run(self, on_step: Callable[[int, LossDict], None] | None) -> TrainResult:
         status = "FAILED"
@@ -251,7 +251,7 @@ class TrainingLoop:
         finally:
             if self.track and self.run_id is not None:
                 tracking.end_run(self.run_id, status)
-        return TrainResult(self.checkpoint_path, self.step, self.run_id, self.resumed, False, self._rows())
+        return TrainResult(self.checkpoint_path, self.step, self.run_id, self.resumed, False, self.history)
 
     def _stop_requested(self, interrupt: StopRequest) -> bool:
         if self.parallel is None:
@@ -267,7 +267,7 @@ class TrainingLoop:
     def _train(self, interrupt: StopRequest, on_step) -> None:
         cfg = self.cfg
         steps = make_steps(self.trainer, self.sampler)
-        window_steps, window_start = 0, time.perf_counter()
+        window_start = time.perf_counter()
         bar = tqdm(
             total=self.target,
             initial=self.step,
@@ -283,15 +283,14 @@ class TrainingLoop:
                     self._read_back()
                     self.save()
                     raise Interrupted(
-                        f"train[{self.variant}]: stopped by {interrupt.name} at step {self.step}; checkpoint "
-                        "saved: rerun the stage to resume",
+                        f"train[{self.variant}-{self.cfg.seed}]: stopped by {interrupt.name} at step "
+                        f"{self.step}; checkpoint saved: rerun the stage to resume",
                         interrupt.signum,
                     )
                 losses = steps.step()
                 self.step += 1
                 self.log.record(self.step, losses)
-                window_steps += 1
-                self.epoch_steps += 1
+                self.window_steps += 1
                 bar.update(1)
                 end_of_epoch = self.step % self.steps_per_epoch == 0
                 checkpoint_due = self.step % cfg.checkpoint_every == 0 and self.step < self.target
@@ -300,9 +299,8 @@ class TrainingLoop:
                     self._read_back()
                 if log_due:
                     elapsed = time.perf_counter() - window_start
-                    img_per_s = window_steps * cfg.batch_size / max(elapsed, 1e-9)
-                    self._log_window(window_steps, img_per_s, bar)
-                    window_steps, window_start = 0, time.perf_counter()
+                    self._log_window(self.window_steps * cfg.batch_size / max(elapsed, 1e-9), bar)
+                    window_start = time.perf_counter()
                 if end_of_epoch:
                     self._end_of_epoch()
                 if checkpoint_due:
@@ -311,18 +309,19 @@ class TrainingLoop:
                     on_step(self.step, losses)
         timings = getattr(steps, "timings", None)
         if timings:
-            _say(self.variant, "fast path: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+            self._say("fast path: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
 
     def _read_back(self) -> None:
-        """Fetch the unread steps' losses (NaN/inf check) into the log window and the epoch sums."""
+        """Fetch the unread steps' losses (NaN/inf check) into the log window."""
         for _step, values in self.log.read(self.read_every):
             for name, value in values.items():
                 self.window[name] = self.window.get(name, 0.0) + value
-                self.epoch_sums[name] = self.epoch_sums.get(name, 0.0) + value
 
-    def _log_window(self, steps: int, img_per_s: float, bar: tqdm) -> None:
-        means = {name: total / steps for name, total in self.window.items()}
-        self.window = {}
+    def _log_window(self, img_per_s: float, bar: tqdm) -> None:
+        row = window_row(self.window, self.window_steps, self.step, self.steps_per_epoch)
+        self.history.append(row)
+        self.window, self.window_steps = {}, 0
+        means = {name: value for name, value in row.items() if name.startswith("loss")}
         shown = {k: means[k] for k in ("loss_G", "loss_D_X", "loss_D_Y") if k in means}
         bar.set_postfix(
             epoch=self.epoch, img_s=f"{img_per_s:.1f}", **{k: f"{v:.3f}" for k, v in shown.items()}
@@ -335,14 +334,9 @@ class TrainingLoop:
         metrics["train/epoch"] = self.epoch
         tracking.log_metrics(self.run_id, metrics, step=self.step)
 
-    def _rows(self) -> list[dict[str, float]]:
-        return plot_rows(self.history, self.epoch_sums, self.epoch_steps, self.step, self.steps_per_epoch)
-
     def _end_of_epoch(self) -> None:
-        self.history.append(epoch_row(self.epoch_sums, self.epoch_steps, self.step, self.steps_per_epoch))
-        self.epoch_sums, self.epoch_steps = {}, 0
         if self.is_main:
-            write_plots(self.plots_path, self.history)
+            write_curves(self.plots_path, self.history)
         for scheduler in self.trainer.schedulers.values():
             scheduler.step()
         if self.track:
@@ -360,7 +354,7 @@ class TrainingLoop:
     def _end_of_training(self) -> None:
         if not self.is_main:
             return
-        write_plots(self.plots_path, self._rows())  # with the partial epoch if max_steps stopped mid-epoch
+        write_curves(self.plots_path, self.history)
         if self.track:
             tracking.log_artifacts(self.run_id, self.checkpoint_path, "checkpoint")
-        _say(self.variant, f"finished {self.step} steps; checkpoint {self.checkpoint_path}")
+        self._say(f"finished {self.step} steps; checkpoint {self.checkpoint_path}")

@@ -14,13 +14,14 @@ from pipeline.core.project import dvc_output_md5
 from pipeline.cyclegan.checkpoint import load_checkpoint
 from pipeline.cyclegan.config import OPERATIONAL_KEYS, TrainConfig
 from pipeline.cyclegan.losses import LossSwitches
-from pipeline.data.manifest import LABEL_SUBSET, PHOTO_SUBSET, read_manifest, sorted_by_id
+from pipeline.data.manifest import LABEL_SUBSET, PHOTO_SUBSET, SUMMARY, read_manifest, sorted_by_id
 
 
 def data_fingerprint(split_dir: Path) -> dict[str, str | None]:
     """What identifies the training data: `train_sha256`, a hash of the training domains' manifest rows
-    and file bytes (about a second for the full split; val and evaluator files do not count), and
-    `data_version`, DVC's md5 of the whole split folder (a tag for MLflow, None outside a DVC repo)."""
+    and file bytes (about a second for the full split; val and evaluator files do not count);
+    `data_version`, DVC's md5 of the whole split folder (a tag for MLflow, None outside a DVC repo); and
+    the split's `protocol` (disjoint halves or the paper's full domains)."""
     digest = hashlib.sha256()
     for subset in (PHOTO_SUBSET, LABEL_SUBSET):
         rows = sorted_by_id(read_manifest(split_dir, subset=subset))
@@ -32,12 +33,26 @@ def data_fingerprint(split_dir: Path) -> dict[str, str | None]:
                 raise PipelineError(
                     f"cannot read {split_dir / relative} ({exc}): rerun the split stage"
                 ) from None
-    return {"train_sha256": digest.hexdigest(), "data_version": dvc_output_md5(split_dir)}
+    return {
+        "train_sha256": digest.hexdigest(),
+        "data_version": dvc_output_md5(split_dir),
+        "protocol": split_protocol(split_dir),
+    }
+
+
+def split_protocol(split_dir: Path) -> str:
+    """The protocol the split was made with (its summary.json; `disjoint` for a split without one)."""
+    try:
+        summary = json.loads((split_dir / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return "disjoint"
+    return str(summary.get("config", {}).get("protocol", "disjoint"))
 
 
 def ablation_key(data: dict[str, str | None], cfg: TrainConfig) -> str:
-    """Same data + same train section (variant aside) = same ablation = one MLflow parent run."""
-    payload = json.dumps({"data": data["train_sha256"], "train": cfg.identity()}, sort_keys=True)
+    """Same data + same train section (variant and seed aside) = same ablation = one MLflow parent run."""
+    train = {k: v for k, v in cfg.identity().items() if k != "seed"}
+    payload = json.dumps({"data": data["train_sha256"], "train": train}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 from pipeline.core.errors import PipelineError
 
 MANIFEST = "manifest.csv"
+SUMMARY = "summary.json"  # the split's config and counts
 PHOTO_SUBSET = "train_photo"  # domain A: street photos
 LABEL_SUBSET = "train_label"  # domain B: colour label maps
 SUBSETS = (PHOTO_SUBSET, LABEL_SUBSET, "val", "evaluator")

@@ -1,7 +1,13 @@
 """The `split` stage: pix2pix Cityscapes pairs -> unpaired training domains, val triples, evaluator pairs.
 
-Train ids are shuffled with a seeded permutation and halved: street photos (domain A) come from one
-half and colour label maps (domain B) from the other, so the generators never see a true pair.
+Two protocols for the unpaired training domains (`split.protocol`):
+
+- ``disjoint`` (the default): train ids are shuffled with a seeded permutation and halved; street
+  photos (domain A) come from one half and colour label maps (domain B) from the other, so the
+  generators never see a true pair (a stricter setting than the paper's);
+- ``paper``: every train photo is in domain A and every train label map in domain B, as in the paper
+  and the reference code; the pairs are broken only by sampling the two domains independently.
+
 Val keeps its aligned (photo, label map, class-id mask) triples for scoring, and every train photo
 is kept with its class-id mask for the FCN judge. Output is written to a temporary folder and moved
 into place whole, so a killed run never leaves a half-written split.
@@ -23,9 +29,8 @@ from tqdm import tqdm
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import publish_dir, staging_dir, write_json
 from pipeline.data.labels import decode_label_map
-from pipeline.data.manifest import COLUMNS, MANIFEST, image_id_key
+from pipeline.data.manifest import COLUMNS, MANIFEST, SUMMARY, image_id_key
 
-SUMMARY = "summary.json"
 ARCHIVE_SIZE = (512, 256)  # pix2pix Cityscapes: 256x256 photo | 256x256 label map
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -34,7 +39,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 class SplitConfig:
     """Params section `split`."""
 
-    seed: int = 0
+    seed: int = 0  # the permutation that halves train (disjoint protocol)
+    protocol: Literal["disjoint", "paper"] = "disjoint"
     load_size: int = 143
     test_size: int = 128
     on_bad_image: Literal["error", "skip"] = "error"
@@ -55,7 +61,9 @@ class _Job:
 
     source: Path
     image_id: str
-    role: Literal["train_photo", "train_label", "val"]
+    val: bool  # a val triple; otherwise an evaluator pair, and in the training domains below
+    photo_domain: bool  # its photo is in domain A (train_photo)
+    label_domain: bool  # its label map is in domain B (train_label)
     load_size: int
     test_size: int
 
@@ -104,19 +112,23 @@ def _process(job: _Job, root: Path) -> list[dict]:
     test_photo = _resize_photo(photo, job.test_size)
     test_label = _resize_label(label, job.test_size)
     test_mask = _mask(test_label)
-    if job.role == "val":
+    if job.val:
         rows.append(("val", "photo", _save(test_photo, root, f"val/photo/{job.image_id}.png")))
         rows.append(("val", "label", _save(test_label, root, f"val/label/{job.image_id}.png")))
         rows.append(("val", "mask", _save(test_mask, root, f"val/mask/{job.image_id}.png")))
-    else:
-        rows.append(("evaluator", "photo", _save(test_photo, root, f"evaluator/photo/{job.image_id}.png")))
-        rows.append(("evaluator", "mask", _save(test_mask, root, f"evaluator/mask/{job.image_id}.png")))
-        if job.role == "train_photo":
-            image = _resize_photo(photo, job.load_size)
-            rows.append(("train_photo", "photo", _save(image, root, f"train_photo/{job.image_id}.png")))
-        else:
-            image = _resize_label(label, job.load_size)
-            rows.append(("train_label", "label", _save(image, root, f"train_label/{job.image_id}.png")))
+        return _rows(job, rows)
+    rows.append(("evaluator", "photo", _save(test_photo, root, f"evaluator/photo/{job.image_id}.png")))
+    rows.append(("evaluator", "mask", _save(test_mask, root, f"evaluator/mask/{job.image_id}.png")))
+    if job.photo_domain:
+        image = _resize_photo(photo, job.load_size)
+        rows.append(("train_photo", "photo", _save(image, root, f"train_photo/{job.image_id}.png")))
+    if job.label_domain:
+        image = _resize_label(label, job.load_size)
+        rows.append(("train_label", "label", _save(image, root, f"train_label/{job.image_id}.png")))
+    return _rows(job, rows)
+
+
+def _rows(job: _Job, rows: list[tuple[str, str, tuple[str, int, int]]]) -> list[dict]:
     return [
         {"image_id": job.image_id, "subset": subset, "kind": kind, "path": path, "width": w, "height": h}
         for subset, kind, (path, w, h) in rows
@@ -153,10 +165,16 @@ def domain_halves(train_ids: list[str], seed: int) -> tuple[list[str], list[str]
 def _jobs(raw_dir: Path, cfg: SplitConfig) -> list[_Job]:
     train = _image_files(raw_dir / "train")
     val = _image_files(raw_dir / "val")
-    photo_ids, label_ids = domain_halves(list(train), cfg.seed)
-    roles = {**dict.fromkeys(photo_ids, "train_photo"), **dict.fromkeys(label_ids, "train_label")}
-    jobs = [_Job(path, i, roles[i], cfg.load_size, cfg.test_size) for i, path in train.items()]
-    jobs += [_Job(path, i, "val", cfg.load_size, cfg.test_size) for i, path in val.items()]
+    if cfg.protocol == "paper":
+        photo_ids = label_ids = set(train)
+    else:
+        halves = domain_halves(list(train), cfg.seed)
+        photo_ids, label_ids = set(halves[0]), set(halves[1])
+    jobs = [
+        _Job(path, i, False, i in photo_ids, i in label_ids, cfg.load_size, cfg.test_size)
+        for i, path in train.items()
+    ]
+    jobs += [_Job(path, i, True, False, False, cfg.load_size, cfg.test_size) for i, path in val.items()]
     return jobs
 
 

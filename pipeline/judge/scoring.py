@@ -119,33 +119,39 @@ def paired_paths(split_dir: str | os.PathLike, subset: str) -> tuple[list[Path],
     return [split_dir / photos[i] for i in ids], [split_dir / masks[i] for i in ids]
 
 
+def _pixels(photo: str | os.PathLike | np.ndarray) -> np.ndarray:
+    return photo if isinstance(photo, np.ndarray) else read_rgb(photo)
+
+
 @torch.no_grad()
-def judge_confusion(
+def judge_confusions(
     judge: Judge,
-    photo_paths: Sequence[str | os.PathLike],
+    photos: Sequence[str | os.PathLike | np.ndarray],
     mask_paths: Sequence[str | os.PathLike],
     batch_size: int | None = None,
     desc: str = "judge",
 ) -> np.ndarray:
-    """One confusion matrix of the judge's predictions on `photo_paths` against `mask_paths`.
+    """Per-image confusion matrices ``(N, 19, 20)`` of the judge's predictions against `mask_paths`.
 
-    Photos are resized to their mask's size first (bilinear); `batch_size` files are read at a time
-    (default: the judge's own batch).
+    `photos` are files or ``(H, W, 3)`` uint8 arrays, each resized to its mask's size first
+    (bilinear); `batch_size` of them are read at a time (default: the judge's own batch). Summed over
+    the images they are the one confusion matrix of the FCN score; kept apart, they let the report
+    resample images (`pipeline.scoring.bootstrap`).
     """
     batch_size = batch_size or judge.batch_size
-    cm = np.zeros((NUM_CLASSES, NUM_CLASSES + 1), dtype=np.int64)
-    with tqdm(total=len(photo_paths), desc=desc, unit="img") as bar:
-        for start in range(0, len(photo_paths), batch_size):
+    out = np.zeros((len(photos), NUM_CLASSES, NUM_CLASSES + 1), dtype=np.int64)
+    with tqdm(total=len(photos), desc=desc, unit="img") as bar:
+        for start in range(0, len(photos), batch_size):
             masks = [read_mask(p) for p in mask_paths[start : start + batch_size]]
-            photos = [
-                resize_to(read_rgb(p), gt.shape, Image.Resampling.BILINEAR)
-                for p, gt in zip(photo_paths[start : start + batch_size], masks, strict=True)
+            pixels = [
+                resize_to(_pixels(photo), gt.shape, Image.Resampling.BILINEAR)
+                for photo, gt in zip(photos[start : start + batch_size], masks, strict=True)
             ]
             if len({gt.shape for gt in masks}) == 1:
-                predictions = judge.segment(torch.from_numpy(np.stack(photos))).numpy()
+                predictions = judge.segment(torch.from_numpy(np.stack(pixels))).numpy()
             else:  # val images are one size; any other set is segmented one image at a time
-                predictions = [judge.segment(torch.from_numpy(p[None]))[0].numpy() for p in photos]
-            for gt, prediction in zip(masks, predictions, strict=True):
-                cm += confusion_matrix(gt, prediction)
+                predictions = [judge.segment(torch.from_numpy(p[None]))[0].numpy() for p in pixels]
+            for offset, (gt, prediction) in enumerate(zip(masks, predictions, strict=True)):
+                out[start + offset] = confusion_matrix(gt, prediction)
             bar.update(len(masks))
-    return cm
+    return out

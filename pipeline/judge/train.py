@@ -43,7 +43,7 @@ from pipeline.judge.scoring import (
     FORMAT,
     KIND,
     Judge,
-    judge_confusion,
+    judge_confusions,
     paired_paths,
     read_judge_checkpoint,
 )
@@ -193,7 +193,8 @@ def train_judge(split_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: J
 
     judge = Judge(net.eval(), cfg.image_size, device, cfg.eval_batch_size)
     val_photos, val_masks = paired_paths(split_dir, "val")
-    scores = segmentation_scores(judge_confusion(judge, val_photos, val_masks, desc="judge on real val"))
+    cms = judge_confusions(judge, val_photos, val_masks, desc="judge on real val")
+    scores = segmentation_scores(cms.sum(axis=0))
     return {
         "fcn/real/pixel_acc": scores["pixel_acc"],
         "fcn/real/class_acc": scores["class_acc"],

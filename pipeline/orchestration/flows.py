@@ -50,10 +50,10 @@ from pipeline.orchestration.tracking import ParentRun, git_state, open_parent_ru
 
 FLOW_NAME = "cyclegan"
 DEPLOYMENT_NAME = "ablation"
-SHARED_STAGES = ("download", "split", "judge")
+SHARED_STAGES = ("download", "split", "judge", "bounds")
 VARIANT_STAGES = ("train", "translate", "evaluate")
 REPORT_STAGE = "report"
-GPU_STAGES = frozenset({"judge", "train", "translate", "evaluate"})
+GPU_STAGES = frozenset({"judge", "bounds", "train", "translate", "evaluate"})
 GPU_TAG = "gpu"  # tag concurrency limit: GPU stages running at once, over every flow run on the server
 DVC_TAG = "dvc"
 DOWNLOAD_RETRIES = 3
@@ -170,7 +170,7 @@ def _markdown_summary(
 
 
 def _run_stages(
-    variants: Sequence[str],
+    runs: Sequence[str],
     project: Path,
     env: Mapping[str, str],
     runner: StageRunner,
@@ -178,22 +178,22 @@ def _run_stages(
     parent: ParentRun,
     push: bool,
 ) -> str:
-    """Shared stages, each variant's chain (a failure is recorded in `outcomes`, not raised), the report.
-
-    Returns what became of the report. A failing shared stage raises: no variant can run without it.
+    """Shared stages, each run's chain (``<variant>-<seed>``; a failure is recorded in `outcomes`, not
+    raised), then the report. Returns what became of the report. A failing shared stage raises: no
+    variant can run without it.
     """
     logger = get_run_logger()
     for stage in SHARED_STAGES:
         stage_task(stage)(stage, project, env, runner)
     parent.tag({DATA_HASH_TAG: stage_output_md5(project, "split")})
 
-    for name in variants:
+    for name in runs:
         try:
             for kind in VARIANT_STAGES:
                 stage_task(f"{kind}@{name}")(f"{kind}@{name}", project, env, runner)
         except Exception as exc:  # one variant failing must not stop the others
             outcomes[name] = f"failed: {exc}"
-            logger.error("variant %s failed: %s", name, exc)
+            logger.error("%s failed: %s", name, exc)
         else:
             outcomes[name] = "completed"
 
@@ -201,15 +201,17 @@ def _run_stages(
         stage_task(REPORT_STAGE)(REPORT_STAGE, project, env, runner)
         report = "reports/ (dvc.lock up to date)"
     else:
-        # A plain `dvc repro report` would rerun the failed variants first; report on the others only.
-        try:
-            stage_task(REPORT_STAGE)(REPORT_STAGE, project, env, runner, single_item=True)
-            report = "reports/ covers the completed variants only (dvc status lists the failed ones)"
-        except Exception as exc:  # the variant failures are what the run reports
-            report = f"not written: {exc}"
+        # The report covers every (variant, seed) of params.yaml or none: a failed run's old files
+        # would otherwise stand in for results that do not exist.
+        report = "not written: a run failed (fix it and run again; completed stages are skipped)"
     if push:
         push_run_cache(project, env, runner)
     return report
+
+
+def run_names(variants: Sequence[str], seeds: Sequence[int]) -> list[str]:
+    """``<variant>-<seed>`` for every variant and seed: the suffix of its DVC stages."""
+    return [f"{variant}-{seed}" for variant in variants for seed in seeds]
 
 
 def run_ablation(
@@ -244,7 +246,7 @@ def run_ablation(
         )
     elif change.overrides:
         logger.info("params.yaml already holds the overrides %s", " ".join(change.overrides))
-    logger.info("variants: %s", ", ".join(change.variants))
+    logger.info("variants: %s; seeds: %s", ", ".join(change.variants), change.after.get("seeds"))
 
     slots = ensure_concurrency_limit(GPU_TAG, gpu_slots)
     logger.info("tag concurrency limit %r: %d slot(s)", GPU_TAG, slots)
@@ -270,11 +272,12 @@ def run_ablation(
         parent.artifact(change.backup, "params")
 
     env = stage_env(parent)
-    outcomes: dict[str, str] = {name: "not run" for name in change.variants}
+    seeds = change.after.get("seeds") or [0]
+    outcomes: dict[str, str] = {name: "not run" for name in run_names(change.variants, seeds)}
     report = "not run"
     status = "FAILED"
     try:
-        report = _run_stages(change.variants, project, env, runner, outcomes, parent, push)
+        report = _run_stages(list(outcomes), project, env, runner, outcomes, parent, push)
         status = "FINISHED" if all(o == "completed" for o in outcomes.values()) else "FAILED"
     finally:
         parent.finish(status)

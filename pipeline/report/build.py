@@ -1,14 +1,11 @@
-"""The ablation report: the paper's Tables 4 and 5 with our numbers beside the published ones.
+"""The `report` stage: the paper's Tables 4 and 5 with our numbers, their intervals, a floor and a
+ceiling beside them, every variant against CycleGAN, and where the numbers came from.
 
-Rows are the loss variants in the paper's order plus the judge's score on real photos (the "ground
-truth" ceiling of the FCN score); columns are the three FCN scores per direction and FID. Because our
-judge is not the paper's FCN-8s, absolute labels->photo scores are not comparable with the paper's;
-each one is also given divided by our judge's ceiling, which is (the paper's 0.80/0.26/0.21 being its
-own ceiling).
-
-Outputs under `out_dir`: ``ablation.md``, ``ablation.csv``, ``ablation.json`` (the full table, one
-object per row), ``metrics/<row>.json`` (one small file per row: what `dvc metrics show` lists, as a
-readable table, because DVC prints one line per metrics file) and ``plots/*.png``.
+It reads exactly the runs of params.yaml's `variants` x `seeds` (`pipeline.report.results`), so a
+variant removed from params.yaml leaves the report on the next `dvc repro`. Outputs under `out_dir`,
+built in a staging folder and published together: ``ablation.md``, ``ablation.csv``, ``ablation.json``
+(everything, per seed), ``metrics/<row>.json`` (one small file per row, what `dvc metrics show`
+lists), ``losses/<term>.csv`` (the loss curves `dvc plots` overlays) and ``plots/*.png``.
 """
 
 from __future__ import annotations
@@ -21,16 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.core.fileio import publish_entries, staging_dir
-from pipeline.report import figures
-from pipeline.report.paper import PAPER_SOURCE
-from pipeline.report.tables import (
-    ablation_table,
-    dvc_row,
-    load_variant_metrics,
-    markdown,
-    read_json,
-    row_records,
-)
+from pipeline.report import curves, figures, tables
+from pipeline.report.results import Summary, load_inputs, run_name, summarize
 
 
 @dataclass(frozen=True)
@@ -39,10 +28,16 @@ class ReportConfig:
 
     n_samples: int = 4  # val images on the sample sheet: the first n in id order...
     sample_ids: list[str] = field(default_factory=list)  # ...unless listed here
+    bootstrap_resamples: int = 1000  # val-image resamples behind every evaluation-variance interval
+    bootstrap_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.n_samples < 1 and not self.sample_ids:
             raise ValueError(f"n_samples must be >= 1 (or list sample_ids), got {self.n_samples}")
+        if self.bootstrap_resamples < 100:
+            raise ValueError(f"bootstrap_resamples must be >= 100, got {self.bootstrap_resamples}")
+        if self.bootstrap_seed < 0:
+            raise ValueError(f"bootstrap_seed must be >= 0, got {self.bootstrap_seed}")
 
 
 @dataclass(frozen=True)
@@ -53,11 +48,13 @@ class ReportPaths:
     csv: Path
     json: Path
     dvc_metrics: Path  # folder of per-row JSON files
+    losses: Path  # folder of per-term loss curves
     plots: list[Path]
+    summary: Summary
     mlflow_parent_run_id: str | None = None
 
 
-def _parent_run_id(variant_metrics: dict[str, dict]) -> str | None:
+def _parent_run_id(run_ids: Sequence[str]) -> str | None:
     """The ablation's parent run: the flow's ``CYCLEGAN_PARENT_RUN_ID``, else the variant runs' parent.
 
     Never creates one (unlike `tracking.parent_run_id`): a report made outside an ablation has
@@ -67,7 +64,6 @@ def _parent_run_id(variant_metrics: dict[str, dict]) -> str | None:
 
     if os.environ.get(tracking.PARENT_ENV):
         return os.environ[tracking.PARENT_ENV]
-    run_ids = [m["mlflow_run_id"] for m in variant_metrics.values() if m.get("mlflow_run_id")]
     if not run_ids:
         return None
     client = tracking.client()
@@ -81,10 +77,10 @@ def _parent_run_id(variant_metrics: dict[str, dict]) -> str | None:
     return parents.pop() if parents else None
 
 
-def attach_to_parent_run(variant_metrics: dict[str, dict], out_dir: Path) -> str | None:
+def attach_to_parent_run(run_ids: Sequence[str], out_dir: Path) -> str | None:
     """Log the report folder as artifacts of the MLflow parent run; warn, never fail, when impossible."""
     try:
-        parent = _parent_run_id(variant_metrics)
+        parent = _parent_run_id(run_ids)
         if parent is None:
             return None
         from pipeline.orchestration.tracking import log_artifacts
@@ -96,9 +92,22 @@ def attach_to_parent_run(variant_metrics: dict[str, dict], out_dir: Path) -> str
         return None
 
 
+def _fid_reasons(summary: Summary) -> dict[str, str]:
+    """Why FID is missing -> which variants (usually one reason for all: no Inception weights)."""
+    by_reason: dict[str, list[str]] = {}
+    for name, entry in summary.variants.items():
+        if entry.get("fid_unavailable"):
+            by_reason.setdefault(entry["fid_unavailable"], []).append(name)
+    everyone = len(summary.variants)
+    return {r: ("every variant" if len(n) == everyone else ", ".join(n)) for r, n in by_reason.items()}
+
+
 def build_report(
-    metrics: str | os.PathLike | Sequence[str | os.PathLike],
-    judge_metrics_json: str | os.PathLike | None,
+    variants: Sequence[str],
+    seeds: Sequence[int],
+    metrics_dir: str | os.PathLike,
+    confusion_dir: str | os.PathLike,
+    bounds_json: str | os.PathLike,
     translations_root: str | os.PathLike | None,
     split_dir: str | os.PathLike,
     train_plots_dir: str | os.PathLike | None,
@@ -106,54 +115,49 @@ def build_report(
     cfg: ReportConfig = ReportConfig(),
     track: bool = True,
 ) -> ReportPaths:
-    """Write the ablation report for whichever variants have metric files; see the module docstring.
-
-    `metrics` is a folder of ``<variant>.json`` files or a list of them. Without a judge file (None)
-    there is no ceiling row and no ratios; missing FID shows as n/a; missing translations or training
-    logs leave a gap on the sample sheet or no loss plot. Everything is written into a temporary
-    folder beside `out_dir` first and moved into place entry by entry, so a killed run leaves no
-    half-written file.
-    """
-    out_dir = Path(out_dir)
-    judge_path = Path(judge_metrics_json) if judge_metrics_json is not None else None
-    variant_metrics = load_variant_metrics(metrics, exclude=[judge_path] if judge_path else [])
-    judge_metrics = read_json(judge_path) if judge_path is not None else None
-    table = ablation_table(variant_metrics, judge_metrics)
-    split_dir = Path(split_dir)
+    """Write the report of `variants` x `seeds`; see the module docstring."""
+    out_dir, split_dir = Path(out_dir), Path(split_dir)
+    inputs = load_inputs(variants, seeds, Path(metrics_dir), Path(confusion_dir), Path(bounds_json))
+    summary = summarize(inputs, cfg.bootstrap_resamples, cfg.bootstrap_seed)
+    runs = [(run.variant, run.seed) for rs in inputs.runs.values() for run in rs]
+    prov = tables.provenance(summary, {v: [r.metrics for r in rs] for v, rs in inputs.runs.items()})
+    reasons = _fid_reasons(summary)
+    loss_curves = curves.read_curves(Path(train_plots_dir) if train_plots_dir else None, runs)
 
     with staging_dir(out_dir) as tmp:
         (tmp / "plots").mkdir()
         plots = [tmp / "plots" / "scores.png", tmp / "plots" / "per_class_iou.png"]
-        figures.plot_scores(table, plots[0])
-        figures.plot_per_class_iou(variant_metrics, judge_metrics, plots[1])
-        variants = list(variant_metrics)
-        if figures.plot_losses(
-            Path(train_plots_dir) if train_plots_dir else None, variants, tmp / "plots" / "losses.png"
-        ):
+        figures.plot_scores(summary, plots[0])
+        figures.plot_per_class_iou(summary, plots[1])
+        if figures.plot_losses(loss_curves, tmp / "plots" / "losses.png"):
             plots.append(tmp / "plots" / "losses.png")
-        translations = Path(translations_root) if translations_root else None
+        first_seed = [run_name(v, rs[0].seed) for v, rs in inputs.runs.items()]
         ids = figures.sample_ids(split_dir, cfg.sample_ids, cfg.n_samples)
-        if figures.plot_samples(split_dir, translations, variants, ids, tmp / "plots" / "samples.png"):
+        translations = Path(translations_root) if translations_root else None
+        if figures.plot_samples(split_dir, translations, first_seed, ids, tmp / "plots" / "samples.png"):
             plots.append(tmp / "plots" / "samples.png")
+        curves.write_long_format(loss_curves, tmp / "losses")
 
-        (tmp / "ablation.md").write_text(markdown(table, variant_metrics, plots, tmp))
-        table.to_csv(tmp / "ablation.csv", float_format="%.6g")
-        document = {"source": PAPER_SOURCE, "rows": row_records(table)}
+        (tmp / "ablation.md").write_text(tables.markdown(summary, prov, reasons, plots, tmp))
+        tables.csv_table(summary).to_csv(tmp / "ablation.csv", float_format="%.6g")
+        document = tables.json_document(summary, prov, reasons)
         (tmp / "ablation.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
         (tmp / "metrics").mkdir()
-        for position, (name, row) in enumerate(table.iterrows()):
-            # The position prefix keeps the paper's row order in `dvc metrics show`, which sorts by path.
-            (tmp / "metrics" / f"{position}_{name}.json").write_text(
-                json.dumps(dvc_row(row), indent=2) + "\n"
-            )
+        for position, (name, row) in enumerate(tables.dvc_rows(summary)):
+            # The position prefix keeps the table's row order in `dvc metrics show`, which sorts by path.
+            (tmp / "metrics" / f"{position}_{name}.json").write_text(json.dumps(row, indent=2) + "\n")
         publish_entries(tmp, out_dir)
+        written = [out_dir / p.relative_to(tmp) for p in plots]
 
-    parent = attach_to_parent_run(variant_metrics, out_dir) if track else None
+    run_ids = [rid for entry in summary.variants.values() for rid in entry["mlflow_run_ids"] if rid]
+    parent = attach_to_parent_run(run_ids, out_dir) if track else None
     return ReportPaths(
         markdown=out_dir / "ablation.md",
         csv=out_dir / "ablation.csv",
         json=out_dir / "ablation.json",
         dvc_metrics=out_dir / "metrics",
-        plots=[out_dir / p.relative_to(tmp) for p in plots],
+        losses=out_dir / "losses",
+        plots=written,
+        summary=summary,
         mlflow_parent_run_id=parent,
     )

@@ -1,223 +1,268 @@
-"""The ablation table: reading the variants' metric files, the table, its markdown, JSON and DVC rows."""
+"""The report's text: the ablation tables (markdown, CSV, JSON) and the `dvc metrics` rows, from one
+`pipeline.report.results.Summary`."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from pipeline.core.directions import DIRECTIONS
-from pipeline.core.errors import PipelineError
-from pipeline.data.labels import CLASS_NAMES
 from pipeline.report.paper import (
+    DEVIATIONS,
     DIRECTION_TITLES,
+    FLOOR,
     GROUND_TRUTH,
     PAPER_SCORES,
     PAPER_SOURCE,
     PAPER_TITLES,
+    PROTOCOL_TITLES,
     ROW_TITLES,
     SCORE_TITLES,
-    variant_order,
 )
+from pipeline.report.results import FCN_METRICS, REFERENCE, Summary
 from pipeline.scoring.metrics import SCORES
 
-
-def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"{path} not found: run the stage that writes it first (`dvc repro`)") from None
-    except json.JSONDecodeError as exc:
-        raise PipelineError(f"{path} is not valid JSON ({exc}): delete it and re-run its stage") from None
-    if not isinstance(data, dict):
-        raise PipelineError(f"{path} must hold a JSON object; delete it and re-run its stage")
-    return data
+SIGNIFICANT = "✱"
 
 
-def load_variant_metrics(
-    metrics: str | os.PathLike | Sequence[str | os.PathLike], exclude: Sequence[str | os.PathLike] = ()
-) -> dict[str, dict]:
-    """Read per-variant metric files (a folder of them, or a list), keyed by variant, paper order.
-
-    In a folder, JSON files without a ``variant`` key (the judge's own scores sit beside the
-    variants' in ``metrics/``) and the paths in `exclude` are skipped.
-    """
-    skip = {Path(p).resolve() for p in exclude}
-    if isinstance(metrics, (str, os.PathLike)) and Path(metrics).is_dir():
-        files = [p for p in sorted(Path(metrics).glob("*.json")) if p.resolve() not in skip]
-        from_folder = True
-    elif isinstance(metrics, (str, os.PathLike)):
-        files, from_folder = [Path(metrics)], False
-    else:
-        files, from_folder = [Path(p) for p in metrics], False
-    by_variant: dict[str, dict] = {}
-    for path in files:
-        data = read_json(path)
-        variant = data.get("variant")
-        if variant is None:
-            if from_folder:
-                continue
-            raise PipelineError(f"{path} has no `variant` key: is it an evaluate stage's metrics file?")
-        if variant in by_variant:
-            raise PipelineError(f"two metric files for variant {variant!r} (one is {path}); keep one")
-        by_variant[variant] = data
-    if not by_variant:
-        raise PipelineError(f"no variant metrics found in {metrics}: run the evaluate stages first")
-    return {name: by_variant[name] for name in sorted(by_variant, key=variant_order)}
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number for a table; n/a for a missing or non-finite one."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{float(value):.{digits}f}"
 
 
-def number(value: Any) -> float:
-    """A metric value as float, NaN for missing / null."""
-    if value is None:
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
+def _interval(interval: list[float] | None, digits: int = 3) -> str:
+    return "" if not interval else f" [{fmt(interval[0], digits)}, {fmt(interval[1], digits)}]"
 
 
-def per_class(values: Any) -> list[float]:
-    """Per-class IoU as 19 floats (NaN for absent) from a ``{class: iou}`` mapping or a list."""
-    if isinstance(values, dict):
-        return [number(values.get(name)) for name in CLASS_NAMES]
-    if isinstance(values, list) and len(values) == len(CLASS_NAMES):
-        return [number(v) for v in values]
-    return [math.nan] * len(CLASS_NAMES)
-
-
-def ablation_table(variant_metrics: dict[str, dict], judge_metrics: dict | None) -> pd.DataFrame:
-    """One row per variant (paper order) plus the judge's ceiling row; index = row name.
-
-    Columns: our FCN scores per direction and FID (the metric names of ``metrics/<variant>.json``),
-    the paper's scores as ``paper/<metric>``, our labels->photo scores over our judge's as
-    ``vs_ceiling/<metric>`` and the paper's over its FCN-8s's as ``paper_vs_ceiling/<metric>``, and
-    ``fid_unavailable``.
-    """
-    ceiling = {s: number((judge_metrics or {}).get(f"fcn/real/{s}")) for s in SCORES}
-    rows: dict[str, dict[str, Any]] = {}
-    for variant, metrics in variant_metrics.items():
-        row: dict[str, Any] = {}
-        for direction in DIRECTIONS:
-            for score in SCORES:
-                row[f"fcn/{direction}/{score}"] = number(metrics.get(f"fcn/{direction}/{score}"))
-        for direction in DIRECTIONS:
-            row[f"fid/{direction}"] = number(metrics.get(f"fid/{direction}"))
-        rows[variant] = row
-    if judge_metrics is not None:
-        rows[GROUND_TRUTH] = {f"fcn/label2photo/{s}": ceiling[s] for s in SCORES}
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    for direction in DIRECTIONS:
-        for i, score in enumerate(SCORES):
-            published = PAPER_SCORES[direction]
-            table[f"paper/fcn/{direction}/{score}"] = [
-                published[name][i] if name in published else math.nan for name in table.index
-            ]
-    paper_ceiling = PAPER_SCORES["label2photo"][GROUND_TRUTH]
-    for i, score in enumerate(SCORES):
-        ours = table[f"fcn/label2photo/{score}"]
-        table[f"vs_ceiling/fcn/label2photo/{score}"] = (
-            ours / ceiling[score] if ceiling[score] > 0 else math.nan
-        )
-        # The paper's scores over the paper's own ceiling: the number ours ÷ ceiling is comparable with.
-        table[f"paper_vs_ceiling/fcn/label2photo/{score}"] = (
-            table[f"paper/fcn/label2photo/{score}"] / paper_ceiling[i]
-        )
-    table["fid_unavailable"] = [
-        variant_metrics.get(name, {}).get("fid_unavailable") or "" for name in table.index
-    ]
-    table.index.name = "variant"
-    return table
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    x = number(value)
-    return "n/a" if math.isnan(x) else f"{x:.{digits}f}"
+def _paper(name: str, metric: str) -> float | None:
+    _, direction, score = metric.split("/")
+    published = PAPER_SCORES[direction].get(name)
+    return published[SCORES.index(score)] if published else None
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def markdown(table: pd.DataFrame, variant_metrics: dict[str, dict], plots: list[Path], out_dir: Path) -> str:
-    n_images = sorted({m.get("n_images") for m in variant_metrics.values() if m.get("n_images") is not None})
-    lines = [
-        "# CycleGAN loss ablation on Cityscapes",
-        "",
-        f"FCN scores over {', '.join(map(str, n_images)) or 'the'} val images, one confusion matrix per "
-        "direction (19 classes, void ignored). Paper numbers: " + PAPER_SOURCE + ". Our judge is an "
-        "FCN trained by this pipeline, not the paper's FCN-8s, so labels → photo scores are also given "
-        "divided by the judge's own score on real photos (its ceiling, the ground-truth row).",
-        "",
-    ]
-    for direction in DIRECTIONS:
-        header = ["Loss", *(SCORE_TITLES[s] for s in SCORES), "FID"]
-        header += [f"Paper {PAPER_TITLES[s]}" for s in SCORES]
-        with_ceiling = direction == "label2photo" and GROUND_TRUTH in table.index
-        if with_ceiling:
-            header += [f"{PAPER_TITLES[s]} ÷ ceiling (ours / paper)" for s in SCORES]
-        rows = []
-        for name, row in table.iterrows():
-            if direction == "photo2label" and name == GROUND_TRUTH:
-                continue  # no judge involved: real label maps decode to their own classes
-            cells = [ROW_TITLES.get(name, name), *(_fmt(row[f"fcn/{direction}/{s}"]) for s in SCORES)]
-            cells.append("—" if name == GROUND_TRUTH else _fmt(row[f"fid/{direction}"], 1))
-            cells += [_fmt(row[f"paper/fcn/{direction}/{s}"], 2) for s in SCORES]
-            if with_ceiling:
-                for s in SCORES:
-                    ours, paper = (
-                        row[f"vs_ceiling/fcn/{direction}/{s}"],
-                        row[f"paper_vs_ceiling/fcn/{direction}/{s}"],
-                    )
-                    cells.append(f"{_fmt(ours, 2)} / {_fmt(paper, 2)}")
-            rows.append(cells)
-        lines += [f"## {DIRECTION_TITLES[direction]}", "", *_md_table(header, rows), ""]
-    reasons = {name: r for name, r in table["fid_unavailable"].items() if r}
-    if reasons:
-        # Usually one reason for every row (no Inception weights): say it once.
-        by_reason: dict[str, list[str]] = {}
-        for name, reason in reasons.items():
-            by_reason.setdefault(reason, []).append(ROW_TITLES.get(name, name))
-        for reason, rows in by_reason.items():
-            every = len(rows) == sum(1 for name in table.index if name != GROUND_TRUTH)
-            who = "every variant" if every else ", ".join(rows)
-            lines += [f"FID n/a ({who}): {reason}", ""]
-    lines += ["## Plots", ""]
-    lines += [f"![{p.stem}]({p.relative_to(out_dir).as_posix()})" for p in plots]
-    return "\n".join(lines) + "\n"
-
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, float):
-        return None if math.isnan(value) else round(value, 6)
-    return value
-
-
-def row_records(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+def provenance(summary: Summary, runs_metrics: dict[str, list[dict]]) -> dict[str, Any]:
+    """Where the numbers came from: protocol, training settings and the machines, as the runs recorded."""
+    records = [m for ms in runs_metrics.values() for m in ms]
+    protocols = sorted({str(m.get("protocol")) for m in records})
+    machines = {tuple(sorted((m.get("machine") or {}).items())) for m in records}
+    trains = {tuple(sorted((m.get("train") or {}).items())) for m in records}
     return {
-        name: {
-            column: _json_ready(value)
-            for column, value in row.items()
-            if column != "fid_unavailable" or value
-        }
-        for name, row in table.iterrows()
+        "protocol": protocols[0] if len(protocols) == 1 else protocols,
+        "machines": [dict(machine) for machine in sorted(machines)],
+        "training": [dict(train) for train in sorted(trains)],
+        "steps": sorted({m.get("steps") for m in records if m.get("steps") is not None}),
+        "seeds": summary.seeds,
+        "bootstrap": summary.bootstrap,
     }
 
 
-def dvc_row(row: pd.Series) -> dict[str, dict[str, float]]:
-    """The few numbers `dvc metrics show` prints per row, nested so its columns read ``l2p.class_iou``."""
-    short = {"label2photo": "l2p", "photo2label": "p2l"}
-    out: dict[str, dict[str, float]] = {}
+def _cell(entry: dict[str, Any]) -> str:
+    """Mean, then the interval a reader should use: across seeds when there are several, else the
+    val-image bootstrap."""
+    interval = entry.get("ci95") or entry.get("bootstrap_ci95")
+    return fmt(entry.get("mean")) + _interval(interval)
+
+
+def _direction_table(summary: Summary, direction: str) -> list[str]:
+    header = ["Loss", *(SCORE_TITLES[s] for s in SCORES), "share of floor → ceiling (pixel / class / IoU)"]
+    header += ["FID", *(f"Paper {PAPER_TITLES[s]}" for s in SCORES)]
+    metrics = [f"fcn/{direction}/{s}" for s in SCORES]
+    rows = [[ROW_TITLES[FLOOR], *(fmt(summary.floor[m]) for m in metrics), "0", "—", "", "", ""]]
+    for name, entry in summary.variants.items():
+        shares = " / ".join(fmt(entry[m]["share_of_ceiling"], 2) for m in metrics)
+        fid = entry[f"fid/{direction}"]
+        rows.append(
+            [
+                ROW_TITLES.get(name, name),
+                *(_cell(entry[m]) for m in metrics),
+                shares,
+                fmt(fid.get("mean"), 1),
+                *(fmt(_paper(name, m), 2) for m in metrics),
+            ]
+        )
+    ceiling = [fmt(summary.ceiling[m]) for m in metrics]
+    rows.append(
+        [ROW_TITLES[GROUND_TRUTH], *ceiling, "1", "—", *(fmt(_paper(GROUND_TRUTH, m), 2) for m in metrics)]
+    )
+    return [f"## {DIRECTION_TITLES[direction]}", "", *_md_table(header, rows), ""]
+
+
+def _pairwise_table(summary: Summary) -> list[str]:
+    if not summary.pairwise:
+        return []
+    header = ["Variant − CycleGAN", *(f"{d} {SCORE_TITLES[s]}" for d in DIRECTIONS for s in SCORES)]
+    rows = []
+    for name, diffs in summary.pairwise.items():
+        cells = [ROW_TITLES.get(name, name)]
+        for metric in FCN_METRICS:
+            d = diffs[metric]
+            mark = f" {SIGNIFICANT}" if d["excludes_zero"] else ""
+            seeds = f" seeds{_interval(d['seeds_ci95'])}" if d["seeds_ci95"] else ""
+            cells.append(f"{fmt(d['difference'], 3)}{_interval(d['bootstrap_ci95'])}{mark}{seeds}")
+        rows.append(cells)
+    note = (
+        f"{SIGNIFICANT}: the paired 95% bootstrap interval over val images excludes 0 (each resample draws "
+        "the same images for both variants). It covers evaluation variance only"
+        + (
+            "; with one seed, training variance (which the seed intervals would show) is not in it."
+            if len(summary.seeds) < 2
+            else "; `seeds [..]` is the 95% Welch interval across seeds (training variance)."
+        )
+    )
+    return [
+        f"## The paper's question: each variant against {REFERENCE} (mean difference)",
+        "",
+        *_md_table(header, rows),
+        "",
+        note,
+        "",
+    ]
+
+
+def _sources(summary: Summary, prov: dict[str, Any], fid_reasons: dict[str, str]) -> list[str]:
+    lines = ["## Where these numbers came from, and how far they can move", ""]
+    protocol = prov["protocol"]
+    title = PROTOCOL_TITLES.get(protocol, protocol) if isinstance(protocol, str) else protocol
+    lines.append(f"- Split protocol: {title}.")
+    for train in prov["training"]:
+        shown = ", ".join(f"{k} {v}" for k, v in train.items())
+        lines.append(f"- Training: {shown}; {', '.join(map(str, prov['steps']))} optimiser steps per run.")
+    seeds = summary.seeds
+    lines.append(
+        f"- Seeds: {', '.join(map(str, seeds))}. "
+        + (
+            "Intervals in the tables are 95% t-intervals across seeds (training variance)."
+            if len(seeds) >= 2
+            else "One seed: this is one draw of a chaotic training process, not the answer. The intervals in "
+            "the tables are the val-image bootstrap (evaluation variance) only; two runs of the same "
+            "configuration on two CPUs can differ by more (add seeds: `dvc exp run -S 'seeds=[0,1,2]'`)."
+        )
+    )
+    b = summary.bootstrap
+    lines.append(
+        f"- Bootstrap: {b['resamples']} resamples of the {b['images']} val images (seed {b['seed']}), "
+        f"{b['seconds']:.2f} s."
+    )
+    for machine in prov["machines"]:
+        lines.append("- Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items() if v) + ".")
+    for reason, who in fid_reasons.items():
+        lines.append(f"- FID n/a ({who}): {reason}")
+    return [*lines, ""]
+
+
+def markdown(
+    summary: Summary, prov: dict[str, Any], fid_reasons: dict[str, str], plots: list[Path], out_dir: Path
+) -> str:
+    lines = [
+        "# CycleGAN loss ablation on Cityscapes",
+        "",
+        f"FCN scores over the {summary.bootstrap['images']} val images, one confusion matrix per direction "
+        "(19 classes, void ignored), each as mean [95% interval]. Every score also stands between a floor "
+        "(a content-free output) and a ceiling (the real images) computed by the same code: the share "
+        "column says how much of that way a translation went. Paper numbers: " + PAPER_SOURCE + ".",
+        "",
+    ]
     for direction in DIRECTIONS:
-        values = {s: row[f"fcn/{direction}/{s}"] for s in SCORES} | {"fid": row[f"fid/{direction}"]}
-        # DVC shows a missing key as "-": leave NaN out rather than write null.
-        kept = {k: round(float(v), 5) for k, v in values.items() if not math.isnan(v)}
-        if kept:
-            out[short[direction]] = kept
-    return out
+        lines += _direction_table(summary, direction)
+    lines += _pairwise_table(summary)
+    lines += _sources(summary, prov, fid_reasons)
+    lines += ["## How this differs from the paper's protocol", "", *(f"- {item}" for item in DEVIATIONS), ""]
+    lines += ["## Plots", "", *(f"![{p.stem}]({p.relative_to(out_dir).as_posix()})" for p in plots)]
+    return "\n".join(lines) + "\n"
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 6) if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
+
+
+def json_document(summary: Summary, prov: dict[str, Any], fid_reasons: dict[str, str]) -> dict[str, Any]:
+    """`reports/ablation.json`: per variant its `seeds` and per metric `values`, `mean`, `std`, `ci95`
+    (across seeds), `bootstrap_ci95` (val images) and the floor-to-ceiling share; the pairwise
+    differences; floor, ceiling, the paper's numbers and where it all came from."""
+    paper = {
+        name: {
+            f"fcn/{d}/{s}": PAPER_SCORES[d][name][i]
+            for d in DIRECTIONS
+            if name in PAPER_SCORES[d]
+            for i, s in enumerate(SCORES)
+        }
+        for name in {n for d in DIRECTIONS for n in PAPER_SCORES[d]}
+    }
+    return _rounded(
+        {
+            "source": PAPER_SOURCE,
+            "variants": summary.variants,
+            "pairwise_vs": REFERENCE,
+            "pairwise": summary.pairwise,
+            "floor": summary.floor,
+            "ceiling": summary.ceiling,
+            "paper": paper,
+            "provenance": prov,
+            "fid_unavailable": fid_reasons,
+            "deviations": list(DEVIATIONS),
+        }
+    )
+
+
+def csv_table(summary: Summary) -> pd.DataFrame:
+    """One row per variant, then floor and ceiling: each FCN metric's mean, bootstrap interval, seed
+    interval and floor-to-ceiling share; FID; the paper's numbers."""
+    rows: dict[str, dict[str, Any]] = {}
+    for name, entry in summary.variants.items():
+        row: dict[str, Any] = {}
+        for metric in FCN_METRICS:
+            e = entry[metric]
+            row[metric] = e["mean"]
+            row[f"{metric}/bootstrap_low"], row[f"{metric}/bootstrap_high"] = e["bootstrap_ci95"]
+            row[f"{metric}/seeds_low"], row[f"{metric}/seeds_high"] = e["ci95"] or (math.nan, math.nan)
+            row[f"{metric}/share"] = e["share_of_ceiling"]
+            row[f"paper/{metric}"] = _paper(name, metric)
+        for direction in DIRECTIONS:
+            row[f"fid/{direction}"] = entry[f"fid/{direction}"].get("mean")
+        row["seeds"] = " ".join(map(str, entry["seeds"]))
+        rows[name] = row
+    rows[FLOOR] = {m: summary.floor[m] for m in FCN_METRICS}
+    rows[GROUND_TRUTH] = {m: summary.ceiling[m] for m in FCN_METRICS} | {
+        f"paper/{m}": _paper(GROUND_TRUTH, m) for m in FCN_METRICS
+    }
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "variant"
+    return table
+
+
+def dvc_rows(summary: Summary) -> list[tuple[str, dict[str, dict[str, float]]]]:
+    """(row name, the numbers `dvc metrics show` prints for it) in table order: floor, variants, ceiling;
+    nested so that its columns read ``l2p.class_iou``."""
+    short = {"label2photo": "l2p", "photo2label": "p2l"}
+
+    def row(values: dict[str, float | None]) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for direction in DIRECTIONS:
+            kept = {
+                s: round(float(values[f"fcn/{direction}/{s}"]), 5)
+                for s in SCORES
+                if values.get(f"fcn/{direction}/{s}") is not None
+            }
+            if kept:
+                out[short[direction]] = kept
+        return out
+
+    rows = [(FLOOR, row(summary.floor))]
+    rows += [(name, row({m: e[m]["mean"] for m in FCN_METRICS})) for name, e in summary.variants.items()]
+    return [*rows, (GROUND_TRUTH, row(summary.ceiling))]

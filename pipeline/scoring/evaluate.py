@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,14 +28,28 @@ from tqdm import tqdm
 from pipeline.core.device import resolve_device
 from pipeline.core.directions import DIRECTIONS
 from pipeline.core.errors import PipelineError
-from pipeline.core.fileio import write_json
+from pipeline.core.fileio import atomic_file, write_json
 from pipeline.core.images import read_mask, read_rgb, resize_to
 from pipeline.cyclegan.checkpoint import load_checkpoint
 from pipeline.data.labels import CLASS_NAMES, NUM_CLASSES, decode_label_map
 from pipeline.data.manifest import image_id_key, read_manifest
-from pipeline.judge.scoring import Judge, judge_confusion, load_judge
+from pipeline.judge.scoring import Judge, judge_confusions, load_judge
 from pipeline.scoring.fid import FidConfig, FidResult, fid_between
 from pipeline.scoring.metrics import SCORES, confusion_matrix, segmentation_scores
+
+# The training settings a report names beside its scores (the rest is in the MLflow run).
+TRAINING_SUMMARY = (
+    "load_size",
+    "crop_size",
+    "max_images",
+    "batch_size",
+    "ngf",
+    "ndf",
+    "n_blocks",
+    "epochs_constant",
+    "epochs_decay",
+    "max_steps",
+)
 
 
 @dataclass(frozen=True)
@@ -99,22 +114,41 @@ def val_images(split_dir: Path, translations_dir: Path) -> list[ValImage]:
     return images
 
 
-def score_photo2label(images: list[ValImage]) -> dict:
-    """FCN scores of G(x): each translated label map decoded to class ids, against the val mask."""
-    cm = np.zeros((NUM_CLASSES, NUM_CLASSES + 1), dtype=np.int64)
-    for image in tqdm(images, desc="photo2label", unit="img"):
-        gt = read_mask(image.mask)
+def decoded_confusions(
+    label_maps: Sequence[str | os.PathLike | np.ndarray], mask_paths: Sequence[str | os.PathLike]
+) -> np.ndarray:
+    """Per-image confusion matrices ``(N, 19, 20)`` of colour label maps (files or uint8 arrays), each
+    decoded to class ids by nearest colour and scored against its class-id mask (the FCN score of G)."""
+    out = np.zeros((len(label_maps), NUM_CLASSES, NUM_CLASSES + 1), dtype=np.int64)
+    pairs = zip(label_maps, mask_paths, strict=True)
+    for index, (label_map, mask) in enumerate(tqdm(pairs, total=len(out), desc="photo2label", unit="img")):
+        gt = read_mask(mask)
+        rgb = label_map if isinstance(label_map, np.ndarray) else read_rgb(label_map)
         # Nearest, not bilinear: blending two class colours would invent a third class.
-        rgb = resize_to(read_rgb(image.translated["photo2label"]), gt.shape, Image.Resampling.NEAREST)
-        cm += confusion_matrix(gt, decode_label_map(rgb))
-    return segmentation_scores(cm)
+        out[index] = confusion_matrix(
+            gt, decode_label_map(resize_to(rgb, gt.shape, Image.Resampling.NEAREST))
+        )
+    return out
 
 
-def score_label2photo(images: list[ValImage], judge: Judge, batch_size: int) -> dict:
-    """FCN scores of F(y): the judge segments each translated photo, against y's val mask."""
-    photos = [image.translated["label2photo"] for image in images]
-    cm = judge_confusion(judge, photos, [image.mask for image in images], batch_size, desc="label2photo")
-    return segmentation_scores(cm)
+def per_image_confusions(images: list[ValImage], judge: Judge, batch_size: int) -> dict[str, np.ndarray]:
+    """Both directions' per-image matrices: the judge on F(y) (labels -> photo), decoded G(x) (photo ->
+    labels)."""
+    masks = [image.mask for image in images]
+    return {
+        "label2photo": judge_confusions(
+            judge, [image.translated["label2photo"] for image in images], masks, batch_size, "label2photo"
+        ),
+        "photo2label": decoded_confusions([image.translated["photo2label"] for image in images], masks),
+    }
+
+
+def save_confusions(
+    path: str | os.PathLike, image_ids: Sequence[str], confusions: dict[str, np.ndarray]
+) -> None:
+    """Per-image matrices (`per_image_confusions`) with their val ids, atomically, as one .npz."""
+    with atomic_file(path, "wb") as handle:
+        np.savez_compressed(handle, image_ids=np.asarray(image_ids, dtype=str), **confusions)
 
 
 def evaluate_variant(
@@ -123,16 +157,15 @@ def evaluate_variant(
     split_dir: str | os.PathLike,
     judge_checkpoint: str | os.PathLike,
     cfg: EvaluateConfig,
-) -> dict:
-    """The metrics dict of ``metrics/<variant>.json`` (see `pipeline.report.build` for its reader)."""
+) -> tuple[dict, dict[str, np.ndarray], list[str]]:
+    """The metrics dict of ``metrics/<variant>-<seed>.json`` and the per-image confusion matrices
+    behind it (`pipeline.report.results` reads both)."""
     split_dir, translations_dir = Path(split_dir), Path(translations_dir)
     images = val_images(split_dir, translations_dir)
     device = resolve_device(cfg.device, "evaluate.device")
     judge = load_judge(judge_checkpoint, device)
-    scores = {
-        "label2photo": score_label2photo(images, judge, cfg.batch_size),
-        "photo2label": score_photo2label(images),
-    }
+    confusions = per_image_confusions(images, judge, cfg.batch_size)
+    scores = {d: segmentation_scores(confusions[d].sum(axis=0)) for d in DIRECTIONS}
     real = {"label2photo": [i.photo for i in images], "photo2label": [i.label for i in images]}
     fids: dict[str, FidResult] = {}
     for direction in DIRECTIONS:
@@ -157,7 +190,7 @@ def evaluate_variant(
     metrics["per_class_iou"] = {
         d: dict(zip(CLASS_NAMES, scores[d]["per_class_iou"], strict=True)) for d in DIRECTIONS
     }
-    return metrics
+    return metrics, confusions, [image.image_id for image in images]
 
 
 def tracked_metrics(metrics: dict) -> dict[str, float]:
@@ -189,6 +222,18 @@ def log_to_run(
             tracking.log_artifacts(run_id, tmp, artifact_path="eval/samples")
 
 
+def training_record(state: dict) -> dict:
+    """What a metrics file says about the run it scores, from its training checkpoint."""
+    train = state.get("config", {}).get("train", {})
+    return {
+        "seed": train.get("seed"),
+        "steps": state.get("step"),
+        "protocol": state.get("data", {}).get("protocol"),
+        "train": {key: train.get(key) for key in TRAINING_SUMMARY if key in train},
+        "machine": state.get("machine", {}),
+    }
+
+
 def run_evaluation(
     variant: str,
     translations_dir: str | os.PathLike,
@@ -197,26 +242,33 @@ def run_evaluation(
     out_json: str | os.PathLike,
     cfg: EvaluateConfig,
     checkpoint: str | os.PathLike | None = None,
+    confusion_npz: str | os.PathLike | None = None,
 ) -> dict:
-    """The evaluate stage: score, write `out_json`, log to the variant's MLflow run.
+    """The evaluate stage: score, write `out_json` (and the per-image matrices to `confusion_npz`), log
+    to the variant's MLflow run.
 
     The run id comes from the variant's training `checkpoint`. Without one, or when the store cannot
     be reached, a warning says so and the JSON is still written: tracking is a record, the file is
     the stage's output.
     """
-    run_id, step = None, None
+    run_id, step, provenance = None, None, {}
     if checkpoint is not None:
         state = load_checkpoint(checkpoint)
         if state.get("variant") not in (None, variant):
             raise PipelineError(
                 f"{checkpoint} holds variant {state['variant']!r}, not {variant!r}: check the stage's paths"
             )
-        run_id, step = state.get("mlflow_run_id"), state.get("step")
+        run_id, step, provenance = state.get("mlflow_run_id"), state.get("step"), training_record(state)
         del state
-    metrics = evaluate_variant(variant, translations_dir, split_dir, judge_checkpoint, cfg)
-    # Lets the report find the ablation's parent run through the variant runs.
+    metrics, confusions, image_ids = evaluate_variant(
+        variant, translations_dir, split_dir, judge_checkpoint, cfg
+    )
+    # Where the scores came from (seed, protocol, machine); the run id lets the report find the parent.
+    metrics.update(provenance)
     metrics["mlflow_run_id"] = run_id
     out_json = Path(out_json)
+    if confusion_npz is not None:
+        save_confusions(confusion_npz, image_ids, confusions)
     write_json(out_json, metrics)
     if run_id is None:
         warnings.warn(

@@ -80,6 +80,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
         str(params),
         "--variant",
         "cyclegan",
+        "--seed",
+        "0",
         "--split",
         str(split),
         "--out",

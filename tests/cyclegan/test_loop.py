@@ -105,7 +105,8 @@ def test_train_writes_checkpoint_and_plots_then_skips_when_finished(split_dir, t
     assert state["config"]["switches"]["adversarial"] is True and state["config"]["train"]["ngf"] == 4
     assert set(state["nets"]) == {"G", "F", "D_X", "D_Y"}
     table = pd.read_csv(plots)
-    assert list(table["epoch"]) == [0, 1] and list(table["step"]) == [6, 8]  # epoch 1 is partial
+    # A row every log_every (5) steps and one at the end; 6 steps per epoch.
+    assert list(table["step"]) == [5, 8] and list(table["epoch"]) == [0, 1]
     assert {"loss_G", "loss_D_X", "loss_D_Y", "loss_cycle_forward", "loss_cycle_backward"} <= set(
         table.columns
     )
@@ -166,7 +167,7 @@ def test_nan_loss_stops_naming_step_and_term(split_dir, tmp_path, monkeypatch):
 def test_resume_after_sigkill_is_bit_identical(split_dir, tmp_path):
     cfg = dataclasses.replace(TINY, max_steps=20)
     params = write_params(tmp_path / "params.yaml", cfg, {"cyclegan": LossSwitches()})
-    common = ["--params", str(params), "--variant", "cyclegan", "--split", str(split_dir)]
+    common = ["--params", str(params), "--variant", "cyclegan", "--seed", "0", "--split", str(split_dir)]
 
     straight = tmp_path / "straight"
     assert train_main([*common, "--out", str(straight)]) == 0
@@ -190,7 +191,18 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(split_dir, tmp_path):
     cfg = dataclasses.replace(TINY, max_steps=20)
     params = write_params(tmp_path / "params.yaml", cfg, {"cyclegan": LossSwitches()})
     out = tmp_path / "m"
-    args = ["--params", str(params), "--variant", "cyclegan", "--split", str(split_dir), "--out", str(out)]
+    args = [
+        "--params",
+        str(params),
+        "--variant",
+        "cyclegan",
+        "--seed",
+        "0",
+        "--split",
+        str(split_dir),
+        "--out",
+        str(out),
+    ]
     child = run_child(7, signal.SIGTERM, args)
     assert child.returncode == 128 + signal.SIGTERM, child.stderr
     assert "stopped by SIGTERM at step 7" in child.stderr
@@ -200,7 +212,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(split_dir, tmp_path):
 
 def test_stage_rejects_unknown_variant(split_dir, tmp_path, capsys):
     params = write_params(tmp_path / "params.yaml", TINY, {"cyclegan": LossSwitches()})
-    code = train_main(["--params", str(params), "--variant", "nope", "--split", str(split_dir), "--out", "x"])
+    code = train_main(
+        ["--params", str(params), "--variant", "nope", "--seed", "0", "--split", str(split_dir), "--out", "x"]
+    )
     assert code == 1 and "variant 'nope' is not in" in capsys.readouterr().err
 
 

@@ -49,6 +49,18 @@ def test_domains_are_disjoint_halves_and_every_output_is_listed(pix2pix_tree, tm
     assert set(read_manifest(out, "val")["width"]) == {32}
 
 
+def test_the_paper_protocol_keeps_every_photo_and_every_label_map(pix2pix_tree, tmp_path):
+    import dataclasses
+
+    summary = split(pix2pix_tree, tmp_path / "split", dataclasses.replace(CFG, protocol="paper"))
+    manifest = read_manifest(tmp_path / "split")
+    photos = set(manifest[manifest.subset == "train_photo"].image_id)
+    labels = set(manifest[manifest.subset == "train_label"].image_id)
+    assert photos == labels == {str(i) for i in range(1, 13)}  # all 12 train images in both domains
+    assert summary["config"]["protocol"] == "paper"
+    assert summary["counts"]["evaluator/photo"] == 12 and summary["counts"]["val/mask"] == 4
+
+
 def test_masks_hold_train_ids_and_match_the_label_maps(pix2pix_tree, tmp_path):
     out = tmp_path / "split"
     split(pix2pix_tree, out, CFG)

@@ -17,43 +17,16 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.factories import N_TRAIN, N_VAL, TINY_OVERRIDES  # noqa: F401 (re-exported to the e2e tests)
+
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-N_TRAIN, N_VAL = 8, 4
 EXPERIMENT = "cyclegan-ablation"
 VARIANTS = ["gan_only", "cyclegan"]
 RUN_TIMEOUT_S = 1500
 
 # Shrinks every stage to seconds. `++` sets a key whether or not params.yaml has it yet (a typo still
 # fails: the stage's config rejects unknown keys).
-TINY_OVERRIDES = [
-    f"++data.expected_counts={{train:{N_TRAIN},val:{N_VAL}}}",
-    "++split.load_size=40",
-    "++split.test_size=32",
-    "++split.workers=1",
-    "++train.device=cpu",
-    "++train.load_size=36",
-    "++train.crop_size=32",
-    "++train.max_images=4",
-    "++train.ngf=4",
-    "++train.ndf=4",
-    "++train.n_blocks=1",
-    "++train.max_steps=4",
-    "++train.checkpoint_every=2",
-    "++train.log_every=1",
-    "++judge.device=cpu",
-    "++judge.image_size=32",
-    "++judge.epochs=1",
-    "++judge.batch_size=4",
-    "++judge.width=4",
-    "++judge.eval_batch_size=4",
-    "++translate.device=cpu",
-    "++translate.batch_size=4",
-    "++evaluate.device=cpu",
-    "++evaluate.batch_size=4",
-    "++evaluate.log_samples=1",
-    "++report.n_samples=2",
-]
 
 
 def free_port() -> int:

@@ -37,8 +37,8 @@ def test_deployment_run_completes_and_leaves_dvc_clean(ablation_run, project, en
 
     # Every stage of both variants ran as its own task, and completed.
     states = task_run_states(prefect_server.url, run.flow_run["id"])
-    expected = {"download", "split", "evaluator", "report"}
-    expected |= {f"{stage}@{name}" for stage in ("train", "translate", "evaluate") for name in VARIANTS}
+    expected = {"download", "split", "judge", "bounds", "report"}
+    expected |= {f"{stage}@{name}-0" for stage in ("train", "translate", "evaluate") for name in VARIANTS}
     assert {name: states.get(name) for name in expected} == dict.fromkeys(expected, "COMPLETED")
 
     # One parent run with the two variant runs nested under it, each holding the same FCN metrics.
@@ -53,8 +53,9 @@ def test_deployment_run_completes_and_leaves_dvc_clean(ablation_run, project, en
     ]
     assert parent.data.tags.get("dvc.data_hash", "").endswith(".dir")
     assert parent.data.tags.get("mlflow.source.git.commit")
-    children = {child.info.run_name: child for child in child_runs(store_uri, parent)}
+    children = {child.data.tags["cyclegan.variant"]: child for child in child_runs(store_uri, parent)}
     assert sorted(children) == sorted(VARIANTS)
+    assert {child.info.run_name for child in children.values()} == {f"{v}-seed0" for v in VARIANTS}
     for name, child in children.items():
         assert set(child.data.metrics) >= FCN_METRICS, f"{name}: {sorted(child.data.metrics)}"
     # The compare view lines metrics up by name: every eval metric is shared. Training losses differ by
@@ -95,6 +96,6 @@ def test_failing_variant_fails_the_flow_and_names_it(ablation_run, prefect_serve
     assert "bogus" in state["message"] and "Completed: cyclegan" in state["message"]
 
     states = task_run_states(prefect_server.url, run.flow_run["id"])
-    assert states["train@gan_only"] == "FAILED"
-    assert "translate@gan_only" not in states
-    assert states["evaluate@cyclegan"] == "COMPLETED", states
+    assert states["train@gan_only-0"] == "FAILED"
+    assert "translate@gan_only-0" not in states
+    assert states["evaluate@cyclegan-0"] == "COMPLETED", states

@@ -52,7 +52,8 @@ def test_variant_run_holds_params_metrics_grids_and_parent(split_dir, tmp_path):
     cfg = dataclasses.replace(TINY, max_steps=12, experiment="test-tracking")
     result = train_variant(split_dir, tmp_path / "m", "cyclegan", LossSwitches(), cfg)
     run = client().get_run(result.mlflow_run_id)
-    assert run.info.run_name == "cyclegan" and run.info.status == "FINISHED"
+    assert run.info.run_name == "cyclegan-seed0" and run.info.status == "FINISHED"
+    assert run.data.tags["cyclegan.seed"] == "0" and run.data.tags["cyclegan.variant"] == "cyclegan"
     params = run.data.params
     assert (
         params["train.ngf"] == "4"

@@ -1,4 +1,7 @@
+"""The report: exactly the runs of params.yaml, intervals of both kinds, floor and ceiling, pairwise."""
+
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -7,88 +10,42 @@ import pytest
 from PIL import Image
 
 from pipeline.core.errors import PipelineError
-from pipeline.data.labels import CLASS_NAMES
 from pipeline.report import build as report_module
 from pipeline.report import figures
-from pipeline.report.build import ReportConfig, build_report
+from pipeline.report.build import build_report
 from pipeline.report.paper import PAPER_SCORES
-from pipeline.report.tables import load_variant_metrics
+from pipeline.report.results import load_inputs, summarize
+from pipeline.scoring.metrics import segmentation_scores
 from stages import report as report_stage
-from tests.factories import make_val_split
+from tests.factories import confusions_with_accuracy, make_report_inputs
+
+QUALITY = {"cycle_only": 0.3, "gan_only": 0.4, "cyclegan": 0.5}
 
 
-def variant_metrics(variant: str, base: float, fid: float | None) -> dict:
-    metrics = {"variant": variant, "n_images": 3}
-    for i, direction in enumerate(("label2photo", "photo2label")):
-        for j, score in enumerate(("pixel_acc", "class_acc", "class_iou")):
-            metrics[f"fcn/{direction}/{score}"] = round(base - 0.1 * j - 0.05 * i, 4)
-        metrics[f"fid/{direction}"] = fid
-    if fid is None:
-        metrics["fid_unavailable"] = "FID Inception weights not in the torch hub cache"
-    iou = {name: (None if k == 3 else round(base * k / 19, 3)) for k, name in enumerate(CLASS_NAMES)}
-    metrics["per_class_iou"] = {"label2photo": iou, "photo2label": iou}
-    return metrics
-
-
-JUDGE = {
-    "fcn/real/pixel_acc": 0.6,
-    "fcn/real/class_acc": 0.3,
-    "fcn/real/class_iou": 0.2,
-    "per_class_iou": [0.5] * 19,
-}
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> dict:
-    tmp_path = tmp_path_factory.mktemp("report_inputs")
-    metrics = tmp_path / "metrics"
-    metrics.mkdir()
-    for variant, base, fid in (("cyclegan", 0.5, 80.0), ("gan_only", 0.4, None), ("cycle_only", 0.3, 120.5)):
-        (metrics / f"{variant}.json").write_text(json.dumps(variant_metrics(variant, base, fid)))
-    (metrics / "fcn.json").write_text(json.dumps(JUDGE))  # the judge's file sits beside the variants'
-    split = make_val_split(tmp_path / "split", n=3, size=16)
-    translations = tmp_path / "translations"
-    for variant in ("cyclegan", "cycle_only"):  # gan_only's translations are missing: a gap on the sheet
-        for direction in ("photo2label", "label2photo"):
-            (translations / variant / direction).mkdir(parents=True)
-            for image_id in ("1", "2", "3"):
-                Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(
-                    translations / variant / direction / f"{image_id}.png"
-                )
-    plots = tmp_path / "plots" / "train"
-    plots.mkdir(parents=True)
-    pd.DataFrame({"epoch": [1, 2], "step": [10, 20], "loss_G": [3.0, 2.0], "loss_D_X": [0.5, 0.4]}).to_csv(
-        plots / "cyclegan.csv", index=False
-    )
-    pd.DataFrame({"epoch": [1, 2], "step": [10, 20], "loss_cycle": [1.0, 0.8]}).to_csv(
-        plots / "cycle_only.csv", index=False
-    )
-    return {
-        "metrics": metrics,
-        "judge": metrics / "fcn.json",
-        "translations": translations,
-        "split": split,
-        "train_plots": plots,
-        "out": tmp_path / "reports",
-    }
-
-
-def _build(inputs: dict, out: Path | None = None, **kwargs):
+def _build(inputs: dict, out: Path, variants=tuple(QUALITY), seeds=(0,), **kwargs):
     return build_report(
+        list(variants),
+        list(seeds),
         inputs["metrics"],
-        inputs["judge"],
+        inputs["confusion"],
+        inputs["bounds"],
         inputs["translations"],
         inputs["split"],
         inputs["train_plots"],
-        out or inputs["out"],
+        out,
         **kwargs,
     )
 
 
 @pytest.fixture(scope="module")
-def built(inputs):
-    """The report built once (plotting takes a second or two); tests below only read it."""
-    return _build(inputs, track=False)
+def inputs(tmp_path_factory) -> dict:
+    return make_report_inputs(tmp_path_factory.mktemp("report_inputs"), QUALITY, seeds=[0, 1])
+
+
+@pytest.fixture(scope="module")
+def built(inputs, tmp_path_factory):
+    """The one-seed report built once with its real plots; tests below only read it."""
+    return _build(inputs, tmp_path_factory.mktemp("built") / "reports", track=False)
 
 
 @pytest.fixture
@@ -103,92 +60,164 @@ def fast_plots(monkeypatch):
         monkeypatch.setattr(figures, name, tiny)
 
 
-def test_report_tables_follow_the_paper_layout(built):
-    paths = built
-    table = pd.read_csv(paths.csv, index_col="variant")
-    # paper row order; only the variants with metric files; the judge's ceiling last
-    assert list(table.index) == ["cycle_only", "gan_only", "cyclegan", "ground_truth"]
-    assert table.loc["cyclegan", "fcn/label2photo/pixel_acc"] == pytest.approx(0.5)
-    assert table.loc["cyclegan", "paper/fcn/label2photo/pixel_acc"] == 0.52
-    assert table.loc["gan_only", "paper/fcn/photo2label/class_iou"] == 0.07
-    assert table.loc["ground_truth", "fcn/label2photo/class_iou"] == pytest.approx(0.2)
-    assert table.loc["ground_truth", "paper/fcn/label2photo/pixel_acc"] == 0.80
-    # ours over the judge's ceiling: 0.3 / 0.2 for cyclegan's class IoU
-    assert table.loc["cyclegan", "vs_ceiling/fcn/label2photo/class_iou"] == pytest.approx(1.5)
-    assert np.isnan(table.loc["gan_only", "fid/label2photo"])
+def test_point_values_are_the_evaluate_stages_scores(built, inputs):
+    document = json.loads(built.json.read_text())
+    for variant in QUALITY:
+        written = json.loads((inputs["metrics"] / f"{variant}-0.json").read_text())
+        entry = document["variants"][variant]
+        assert entry["seeds"] == [0]
+        for metric in ("fcn/label2photo/pixel_acc", "fcn/photo2label/class_iou"):
+            assert entry[metric]["values"] == [pytest.approx(written[metric], abs=1e-6)]
+            assert entry[metric]["mean"] == pytest.approx(written[metric], abs=1e-6)
+            # One seed: no spread across seeds, but the val-image bootstrap brackets the mean.
+            assert entry[metric]["std"] is None and entry[metric]["ci95"] is None
+            low, high = entry[metric]["bootstrap_ci95"]
+            assert low < entry[metric]["mean"] < high
 
-    markdown = paths.markdown.read_text()
+
+def test_two_seeds_give_values_mean_std_and_a_t_interval(inputs, fast_plots, tmp_path):
+    paths = _build(inputs, tmp_path / "reports", seeds=(0, 1), track=False)
+    entry = json.loads(paths.json.read_text())["variants"]["gan_only"]["fcn/label2photo/pixel_acc"]
+    a, b = entry["values"]
+    written = [json.loads((inputs["metrics"] / f"gan_only-{s}.json").read_text()) for s in (0, 1)]
+    assert [a, b] == [pytest.approx(w["fcn/label2photo/pixel_acc"], abs=1e-6) for w in written] and a != b
+    assert entry["mean"] == pytest.approx((a + b) / 2, abs=1e-6)
+    assert entry["std"] == pytest.approx(abs(b - a) / np.sqrt(2), abs=1e-5)
+    half = 12.706 * entry["std"] / np.sqrt(2)  # t(0.975, 1 dof)
+    assert entry["ci95"] == [
+        pytest.approx(entry["mean"] - half, abs=1e-4),
+        pytest.approx(entry["mean"] + half, abs=1e-4),
+    ]
+    assert "95% Welch interval across seeds" in paths.markdown.read_text()
+
+
+def test_the_report_reads_exactly_the_variants_and_seeds_it_is_given(inputs, fast_plots, tmp_path):
+    # cycle_only's files are still on disk (a variant removed from params.yaml): never read.
+    paths = _build(inputs, tmp_path / "reports", variants=("gan_only", "cyclegan"), track=False)
+    document = json.loads(paths.json.read_text())
+    assert list(document["variants"]) == ["gan_only", "cyclegan"]
+    assert list(document["pairwise"]) == ["gan_only"]
+    assert "Cycle alone" not in paths.markdown.read_text()
+    assert "cycle_only" not in pd.read_csv(paths.csv, index_col="variant").index
+    assert sorted(p.name for p in paths.dvc_metrics.iterdir()) == [
+        "0_floor.json",
+        "1_gan_only.json",
+        "2_cyclegan.json",
+        "3_ground_truth.json",
+    ]
+    assert "cycle_only-0" not in (paths.losses / "loss_G.csv").read_text()
+
+
+def test_tables_show_floor_ceiling_share_and_paper_numbers(built):
+    markdown = built.markdown.read_text()
     table4 = markdown.split("## labels → photo")[1].split("## photo → labels")[0]
-    rows = [line for line in table4.splitlines() if line.startswith("| ") and "Loss" not in line]
-    assert [row.split(" | ")[0] for row in rows] == [
+    rows = [
+        line.split(" | ")[0] for line in table4.splitlines() if line.startswith("| ") and "Loss" not in line
+    ]
+    assert rows == [
+        "| Floor: content-free output",
         "| Cycle alone",
         "| GAN alone",
         "| CycleGAN",
-        "| Ground truth (judge on real photos)",
+        "| Ceiling: real images",
     ]
-    # ours, FID, paper, then ours ÷ our judge's ceiling beside the paper's ÷ its FCN-8s (0.51 / 0.80)
-    assert (
-        "| GAN alone | 0.400 | 0.300 | 0.200 | n/a | 0.51 | 0.11 | 0.08 "
-        "| 0.67 / 0.64 | 1.00 / 0.42 | 1.00 / 0.38 |" in table4
+    document = json.loads(built.json.read_text())
+    entry = document["variants"]["cyclegan"]["fcn/label2photo/pixel_acc"]
+    floor, ceiling = (
+        document["floor"]["fcn/label2photo/pixel_acc"],
+        document["ceiling"]["fcn/label2photo/pixel_acc"],
     )
-    assert "FID n/a (GAN alone): FID Inception weights" in markdown
-    assert "![samples](plots/samples.png)" in markdown
+    assert floor == pytest.approx(0.1) and ceiling == pytest.approx(0.8)
+    assert entry["share_of_ceiling"] == pytest.approx((entry["mean"] - floor) / (ceiling - floor), abs=1e-5)
+    table = pd.read_csv(built.csv, index_col="variant")
+    assert list(table.index) == ["cycle_only", "gan_only", "cyclegan", "floor", "ground_truth"]
+    assert table.loc["cyclegan", "paper/fcn/label2photo/pixel_acc"] == 0.52
+    assert "How this differs from the paper's protocol" in markdown and "FCN-8s" in markdown
+    assert "One seed: this is one draw" in markdown and "Machine: cpu test" in markdown
+    assert "FID n/a (every variant)" in markdown
 
-    document = json.loads(paths.json.read_text())
-    assert document["rows"]["gan_only"]["fid/label2photo"] is None
-    assert document["rows"]["cyclegan"]["fid/photo2label"] == 80.0
+
+def test_pairwise_differences_are_paired_and_marked(built):
+    document = json.loads(built.json.read_text())
+    gan_only = document["pairwise"]["gan_only"]["fcn/label2photo/pixel_acc"]
+    # gan_only is cyclegan minus 0.1 on every image: a paired resample sees exactly that difference.
+    assert gan_only["difference"] == pytest.approx(-0.1, abs=0.01)
+    assert gan_only["bootstrap_ci95"] == [pytest.approx(-0.1, abs=0.01)] * 2
+    assert gan_only["excludes_zero"] is True and gan_only["seeds_ci95"] is None
+    assert "✱" in built.markdown.read_text().split("The paper's question")[1]
 
 
-def test_dvc_metric_files_are_one_short_row_each_in_paper_order(built):
-    paths = built
-    files = sorted(p.name for p in paths.dvc_metrics.iterdir())
-    assert files == ["0_cycle_only.json", "1_gan_only.json", "2_cyclegan.json", "3_ground_truth.json"]
-    gan_only = json.loads((paths.dvc_metrics / "1_gan_only.json").read_text())
-    assert gan_only["l2p"] == {"pixel_acc": 0.4, "class_acc": 0.3, "class_iou": 0.2}  # null FID left out
-    truth = json.loads((paths.dvc_metrics / "3_ground_truth.json").read_text())
-    assert set(truth) == {"l2p"}
+def test_an_identical_variant_differs_by_exactly_zero(tmp_path, fast_plots):
+    inputs = make_report_inputs(tmp_path, {"twin": 0.5, "cyclegan": 0.5}, seeds=[0])
+    summary = summarize(
+        load_inputs(["twin", "cyclegan"], [0], inputs["metrics"], inputs["confusion"], inputs["bounds"]),
+        1000,
+        0,
+    )
+    diff = summary.pairwise["twin"]["fcn/photo2label/class_iou"]
+    assert diff["difference"] == 0 and diff["bootstrap_ci95"] == [0, 0] and not diff["excludes_zero"]
+
+
+def test_the_bootstrap_of_500_images_takes_seconds_and_repeats(tmp_path):
+    inputs = make_report_inputs(tmp_path, QUALITY, seeds=[0], n_images=500)
+    loaded = load_inputs(list(QUALITY), [0], inputs["metrics"], inputs["confusion"], inputs["bounds"])
+    start = time.perf_counter()
+    first = summarize(loaded, 1000, 7)
+    seconds = time.perf_counter() - start
+    print(
+        f"val-image bootstrap: 1000 resamples of 500 images, {len(QUALITY)} variants, {seconds:.2f} s"
+    )
+    assert seconds < 30
+    again = summarize(loaded, 1000, 7)
+    other = summarize(loaded, 1000, 8)
+    key = ("gan_only", "fcn/label2photo/class_iou")
+    assert (
+        first.variants[key[0]][key[1]]["bootstrap_ci95"] == again.variants[key[0]][key[1]]["bootstrap_ci95"]
+    )
+    assert (
+        first.variants[key[0]][key[1]]["bootstrap_ci95"] != other.variants[key[0]][key[1]]["bootstrap_ci95"]
+    )
+
+
+def test_dvc_metric_rows_and_loss_curves(built):
+    files = sorted(p.name for p in built.dvc_metrics.iterdir())
+    assert files == [
+        "0_floor.json",
+        "1_cycle_only.json",
+        "2_gan_only.json",
+        "3_cyclegan.json",
+        "4_ground_truth.json",
+    ]
+    row = json.loads((built.dvc_metrics / "3_cyclegan.json").read_text())
+    assert set(row) == {"l2p", "p2l"} and set(row["l2p"]) == {"pixel_acc", "class_acc", "class_iou"}
+    loss_d = pd.read_csv(built.losses / "loss_D_Y.csv")
+    assert list(loss_d.columns) == ["step", "run", "loss_D_Y"]
+    assert sorted(set(loss_d["run"])) == ["cyclegan-0", "gan_only-0"]  # cycle_only has no D
+    assert sorted(set(pd.read_csv(built.losses / "loss_G.csv")["run"])) == [
+        "cycle_only-0",
+        "cyclegan-0",
+        "gan_only-0",
+    ]
 
 
 def test_plots_are_valid_pngs(built):
-    paths = built
-    assert sorted(p.name for p in paths.plots) == [
+    assert sorted(p.name for p in built.plots) == [
         "losses.png",
         "per_class_iou.png",
         "samples.png",
         "scores.png",
     ]
-    for path in paths.plots:
+    for path in built.plots:
         with Image.open(path) as image:
             image.verify()
             assert image.format == "PNG"
 
 
-def test_report_without_judge_training_logs_or_translations(inputs, tmp_path):
-    paths = build_report(
-        [inputs["metrics"] / "cyclegan.json"],
-        None,
-        None,
-        inputs["split"],
-        None,
-        tmp_path / "bare",
-        ReportConfig(sample_ids=["2"]),
-        track=False,
-    )
-    table = pd.read_csv(paths.csv, index_col="variant")
-    assert list(table.index) == ["cyclegan"]
-    assert "÷ ceiling" not in paths.markdown.read_text()
-    assert sorted(p.name for p in paths.plots) == ["per_class_iou.png", "samples.png", "scores.png"]
-
-
-def test_missing_or_broken_metrics_are_clear_errors(tmp_path):
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(PipelineError, match="no variant metrics"):
-        load_variant_metrics(tmp_path / "empty")
-    (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(PipelineError, match="not valid JSON"):
-        load_variant_metrics([tmp_path / "bad.json"])
-    with pytest.raises(PipelineError, match="not found"):
-        load_variant_metrics([tmp_path / "nope.json"])
+def test_missing_files_are_clear_errors(inputs, tmp_path):
+    with pytest.raises(PipelineError, match=r"nope-0\.npz not found: run the stage that writes it"):
+        load_inputs(["nope"], [0], inputs["metrics"], inputs["confusion"], inputs["bounds"])
+    with pytest.raises(PipelineError, match="no variants or no seeds"):
+        load_inputs([], [0], inputs["metrics"], inputs["confusion"], inputs["bounds"])
 
 
 def test_rebuilding_replaces_the_report_atomically(inputs, fast_plots, tmp_path):
@@ -199,12 +228,13 @@ def test_rebuilding_replaces_the_report_atomically(inputs, fast_plots, tmp_path)
     _build(inputs, out, track=False)
     assert not (out / "plots" / "stale.png").exists()
     assert (out / ".gitignore").read_text() == "/plots\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["reports"]  # no temp folder left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["reports"]  # no staging folder left behind
     assert sorted(p.name for p in out.iterdir()) == [
         ".gitignore",
         "ablation.csv",
         "ablation.json",
         "ablation.md",
+        "losses",
         "metrics",
         "plots",
     ]
@@ -235,10 +265,8 @@ def test_parent_run_is_found_through_the_variant_runs(monkeypatch):
 
     monkeypatch.delenv("CYCLEGAN_PARENT_RUN_ID", raising=False)
     monkeypatch.setattr(tracking, "client", Client)
-    assert (
-        report_module._parent_run_id({"a": {"mlflow_run_id": "r1"}, "b": {"mlflow_run_id": "orphan"}}) == "p1"
-    )
-    assert report_module._parent_run_id({"a": {"mlflow_run_id": None}}) is None
+    assert report_module._parent_run_id(["r1", "orphan"]) == "p1"
+    assert report_module._parent_run_id([]) is None
 
 
 def test_an_unreachable_store_only_warns(inputs, fast_plots, tmp_path, monkeypatch):
@@ -261,28 +289,27 @@ def test_paper_numbers_are_complete():
         assert all(len(scores) == 3 and all(0 <= s <= 1 for s in scores) for scores in rows.values())
 
 
-def test_stage_runs_from_params(inputs, fast_plots, tmp_path, capsys, monkeypatch):
+def test_confusion_factory_scores_what_it_says():
+    assert segmentation_scores(confusions_with_accuracy([0.25, 0.75]).sum(axis=0))["pixel_acc"] == 0.5
+
+
+def test_stage_reads_variants_and_seeds_from_params(inputs, fast_plots, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("CYCLEGAN_PARENT_RUN_ID", raising=False)
     params = tmp_path / "params.yaml"
-    params.write_text("report:\n  n_samples: 2\n")
+    params.write_text("report: {n_samples: 2}\nseeds: [0, 1]\nvariants: {gan_only: {}, cyclegan: {}}\n")
     argv = [
         "--params",
         str(params),
         "--metrics",
         str(inputs["metrics"]),
-        "--judge-metrics",
-        str(inputs["judge"]),
-        "--translations",
-        str(inputs["translations"]),
-        "--split",
-        str(inputs["split"]),
-        "--train-plots",
-        str(inputs["train_plots"]),
-        "--out",
-        str(tmp_path / "reports"),
+        "--confusion",
+        str(inputs["confusion"]),
     ]
+    argv += ["--bounds", str(inputs["bounds"]), "--translations", str(inputs["translations"])]
+    argv += ["--split", str(inputs["split"]), "--train-plots", str(inputs["train_plots"])]
+    argv += ["--out", str(tmp_path / "reports")]
     assert report_stage.main(argv) == 0
-    assert "4 plots" in capsys.readouterr().out
-    argv[argv.index("--judge-metrics") + 1] = str(tmp_path / "missing.json")
+    assert "2 variants x 2 seeds" in capsys.readouterr().out
+    params.write_text("report: {}\nseeds: [0]\nvariants: {missing_one: {}}\n")
     assert report_stage.main(argv) == 1
-    assert "missing.json not found" in capsys.readouterr().err
+    assert "missing_one-0.npz not found" in capsys.readouterr().err

@@ -8,14 +8,12 @@ from PIL import Image
 
 from pipeline.core.errors import PipelineError
 from pipeline.data.labels import CLASS_NAMES, colorize, decode_label_map
-from pipeline.judge import model as judge_model
-from pipeline.judge import scoring as judge_scoring
 from pipeline.orchestration import tracking
 from pipeline.scoring import evaluate as evaluate_module
 from pipeline.scoring.evaluate import EvaluateConfig, evaluate_variant, run_evaluation, tracked_metrics
 from pipeline.scoring.fid import FidResult
 from stages import evaluate as evaluate_stage
-from tests.factories import make_checkpoint, make_val_split
+from tests.factories import make_checkpoint, make_val_split, tiny_judge_checkpoint
 
 CFG = EvaluateConfig(batch_size=2, device="cpu")
 
@@ -62,7 +60,7 @@ def write_translations(root: Path, split_dir: Path, photo2label, label2photo) ->
 
 def test_the_masks_own_colour_maps_score_perfectly(split_dir, tmp_path, colour_judge, offline_fid):
     translations = write_translations(tmp_path / "translations", split_dir, colorize, colorize)
-    metrics = evaluate_variant("cyclegan", translations, split_dir, "judge.pt", CFG)
+    metrics, _, _ = evaluate_variant("cyclegan", translations, split_dir, "judge.pt", CFG)
     for direction in ("label2photo", "photo2label"):
         for score in ("pixel_acc", "class_acc", "class_iou"):
             assert metrics[f"fcn/{direction}/{score}"] == pytest.approx(1.0)
@@ -87,7 +85,7 @@ def test_the_masks_own_colour_maps_score_perfectly(split_dir, tmp_path, colour_j
 def test_labels_decoded_to_void_count_as_wrong(split_dir, tmp_path, colour_judge):
     black = lambda mask: np.zeros((*mask.shape, 3), np.uint8)  # noqa: E731 - black decodes to void
     translations = write_translations(tmp_path / "translations", split_dir, black, colorize)
-    metrics = evaluate_variant("cyclegan", translations, split_dir, "judge.pt", CFG)
+    metrics, _, _ = evaluate_variant("cyclegan", translations, split_dir, "judge.pt", CFG)
     assert metrics["fcn/photo2label/pixel_acc"] == 0.0
     assert metrics["fcn/photo2label/class_iou"] == 0.0
     assert metrics["fcn/label2photo/pixel_acc"] == pytest.approx(1.0)
@@ -107,7 +105,7 @@ def test_one_confusion_matrix_over_all_images(split_dir, tmp_path, colour_judge)
     translations = write_translations(tmp_path / "translations", split_dir, counted, colorize)
     masks = [np.asarray(Image.open(p)) for p in sorted((split_dir / "val" / "mask").glob("*.png"))]
     scored = [(m != 255).sum() for m in masks]
-    metrics = evaluate_variant("cyclegan", translations, split_dir, "judge.pt", CFG)
+    metrics, _, _ = evaluate_variant("cyclegan", translations, split_dir, "judge.pt", CFG)
     assert metrics["fcn/photo2label/pixel_acc"] == pytest.approx(scored[0] / sum(scored))
 
 
@@ -116,7 +114,7 @@ def test_translations_of_another_size_are_resized_to_the_mask(split_dir, tmp_pat
         return np.kron(colorize(mask), np.ones((2, 2, 1), np.uint8))
 
     translations = write_translations(tmp_path / "translations", split_dir, big, big)
-    metrics = evaluate_variant("cyclegan", translations, split_dir, "judge.pt", CFG)
+    metrics, _, _ = evaluate_variant("cyclegan", translations, split_dir, "judge.pt", CFG)
     assert metrics["fcn/photo2label/pixel_acc"] == pytest.approx(1.0)
 
 
@@ -140,7 +138,7 @@ def test_fid_values_and_unavailability_are_reported(split_dir, tmp_path, colour_
         return results[direction]
 
     monkeypatch.setattr(evaluate_module, "fid_between", fid_between)
-    metrics = evaluate_variant("cyclegan", translations, split_dir, "judge.pt", CFG)
+    metrics, _, _ = evaluate_variant("cyclegan", translations, split_dir, "judge.pt", CFG)
     assert metrics["fid/label2photo"] == 12.5
     assert metrics["fid/photo2label"] is None
     assert metrics["fid_unavailable"] == "photo2label: no weights"
@@ -154,29 +152,10 @@ def test_fid_values_and_unavailability_are_reported(split_dir, tmp_path, colour_
     }
 
 
-def tiny_judge_checkpoint(path: Path) -> Path:
-    """A finished judge checkpoint holding an untrained, tiny FCN (what `load_judge` reads)."""
-    model = judge_model.FCNConfig(width=2)
-    torch.save(
-        {
-            "kind": judge_scoring.KIND,
-            "format": judge_scoring.FORMAT,
-            "finished": True,
-            "step": 1,
-            "total_steps": 1,
-            "model": {"width": model.width, "num_classes": model.num_classes},
-            "net": judge_model.FCN8s(model).state_dict(),
-            "config": {"image_size": 16, "eval_batch_size": 4},
-        },
-        path,
-    )
-    return path
-
-
 def test_the_real_judge_scores_translated_photos(split_dir, tmp_path):
     translations = write_translations(tmp_path / "translations", split_dir, colorize, colorize)
     judge = tiny_judge_checkpoint(tmp_path / "judge.pt")
-    metrics = evaluate_variant("cyclegan", translations, split_dir, judge, CFG)
+    metrics, _, _ = evaluate_variant("cyclegan", translations, split_dir, judge, CFG)
     assert 0.0 <= metrics["fcn/label2photo/pixel_acc"] <= 1.0
     assert metrics["fcn/photo2label/pixel_acc"] == pytest.approx(1.0)
 

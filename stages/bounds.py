@@ -1,0 +1,42 @@
+"""DVC stage `bounds`: the floor and the ceiling of every FCN score (see `pipeline.scoring.bounds`)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from pipeline.core.config import load_section
+from pipeline.core.directions import DIRECTIONS
+from pipeline.core.entry import run_main
+from pipeline.scoring.bounds import run_bounds
+from pipeline.scoring.evaluate import EvaluateConfig
+from pipeline.scoring.metrics import SCORES
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--split", required=True, help="split folder (train domains, val, manifest.csv)")
+    parser.add_argument("--judge", required=True, help="the FCN judge's checkpoint.pt")
+    parser.add_argument("--out", required=True, help="scores JSON to write")
+    parser.add_argument("--confusion", required=True, help="per-image confusion matrices (.npz) to write")
+    args = parser.parse_args(argv)
+
+    def work() -> int:
+        cfg = load_section(args.params, "evaluate", EvaluateConfig)
+        start = time.perf_counter()
+        result = run_bounds(args.split, args.judge, args.out, args.confusion, cfg)
+        shown = "; ".join(
+            f"{bound} {direction} "
+            + "/".join(f"{result[f'{bound}/fcn/{direction}/{s}']:.3f}" for s in SCORES)
+            for bound in ("floor", "ceiling")
+            for direction in DIRECTIONS
+        )
+        print(f"bounds: {shown} ({result['n_images']} images, {time.perf_counter() - start:.1f} s)")
+        return 0
+
+    return run_main(work)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
