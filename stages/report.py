@@ -4,10 +4,14 @@ ceiling, pairwise differences, per-row DVC metrics, loss curves, plots)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from pipeline.core.config import load_section, read_params
+from pipeline.core.config import from_mapping, load_section, read_params
 from pipeline.core.entry import run_main
 from pipeline.core.errors import PipelineError
+from pipeline.cyclegan.config import TrainConfig
+from pipeline.cyclegan.identity import ablation_key, data_fingerprint
+from pipeline.orchestration import tracking
 from pipeline.report.build import ReportConfig, build_report
 
 
@@ -31,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
             raise PipelineError(
                 f"{args.params}: `seeds:` must be a non-empty list of integers, got {seeds!r}"
             )
+        train = from_mapping(TrainConfig, params.get("train") or {}, "train")
+
+        def open_parent() -> str:
+            # The launch's parent, as its train stages opened it (or would have, had any run trained).
+            key = ablation_key(data_fingerprint(Path(args.split)), train, params["variants"], seeds)
+            return tracking.open_parent(train.experiment, key, f"ablation-{key[:8]}")
+
         paths = build_report(
             variants,
             seeds,
@@ -42,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             args.train_plots,
             args.out,
             cfg,
+            open_parent=open_parent,
         )
         parent = paths.mlflow_parent_run_id
         attached = f"; attached to MLflow run {parent}" if parent else ""

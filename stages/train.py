@@ -14,6 +14,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.cyclegan.config import TrainConfig
 from pipeline.cyclegan.loop import train_variant
 from pipeline.cyclegan.losses import LossSwitches
+from pipeline.orchestration.profiles import matching_profile
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +45,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"variant {args.variant!r} is not in {args.params} `variants:` (known: {known})"
             )
         switches = from_mapping(LossSwitches, variants[args.variant], f"variants.{args.variant}")
-        train_variant(args.split, args.out, args.variant, switches, cfg, metrics_path=args.plots)
+        # The launch this run belongs to: every variant and seed of params.yaml (its MLflow parent).
+        ablation = {
+            "variants": variants,
+            "seeds": params.get("seeds") or [cfg.seed],
+            "profile": matching_profile(params),
+        }
+        train_variant(
+            args.split, args.out, args.variant, switches, cfg, metrics_path=args.plots, ablation=ablation
+        )
         # The loop already said where the checkpoint is (once, on rank 0 under torchrun).
         return 0
 

@@ -54,3 +54,20 @@ def dvc_output_md5(path: str | os.PathLike) -> str | None:
             if Path(out.get("path", "")).as_posix().rstrip("/") == relative:
                 return out.get("md5")
     return None
+
+
+def data_source(start: str | os.PathLike) -> str | None:
+    """Where the project's data came from: the `source` the download stage recorded in its
+    provenance file (None outside a DVC repo or before the data was downloaded)."""
+    import json
+
+    root = dvc_root(start)
+    if root is None:
+        return None
+    outs = (read_lock(root).get("download") or {}).get("outs") or []
+    if not outs:
+        return None
+    try:
+        return json.loads((root / outs[0]["path"] / "provenance.json").read_text()).get("source")
+    except (OSError, ValueError, KeyError):
+        return None

@@ -29,9 +29,8 @@ import functools
 import os
 import signal
 import sys
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +41,15 @@ from pipeline.core.config import to_flat_dict
 from pipeline.core.device import resolve_device, seeded
 from pipeline.core.images import to_model_range
 from pipeline.core.machine import machine_facts
+from pipeline.core.project import data_source
 from pipeline.core.signals import Interrupted, StopRequest, stop_requests
 from pipeline.cyclegan import distributed
 from pipeline.cyclegan.checkpoint import CHECKPOINT_NAME, FORMAT, save_checkpoint
 from pipeline.cyclegan.config import TrainConfig, target_steps
 from pipeline.cyclegan.curves import window_row, write_curves
+from pipeline.cyclegan.identity import ablation_key, data_fingerprint
 from pipeline.cyclegan.losses import LossDict, LossSwitches
-from pipeline.cyclegan.resume import ablation_key, config_record, data_fingerprint, resumable_checkpoint
+from pipeline.cyclegan.resume import config_record, resumable_checkpoint
 from pipeline.cyclegan.steps import LossLog, make_steps
 from pipeline.cyclegan.trainer import build_trainer
 from pipeline.data.domains import UnpairedSampler, load_training_domains
@@ -80,13 +81,16 @@ def train_variant(
     metrics_path: str | os.PathLike | None = None,
     on_step: Callable[[int, LossDict], None] | None = None,
     track: bool = True,
+    ablation: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train (or resume, or skip if finished) one variant; the checkpoint is `<out_dir>/checkpoint.pt`.
 
     `metrics_path`: the loss curves' CSV (a row every `log_every` steps). `on_step(step, losses)` runs
     after every step, once that step's checkpoint (if due) is written; `losses` are the step's detached loss
     tensors (reading them synchronises with the device; on a captured step they are valid until the
-    next step). `track=False` logs nothing to MLflow (a machine without a store). Launched by `torchrun`,
+    next step). `track=False` logs nothing to MLflow (a machine without a store). `ablation` names the
+    launch this run belongs to (``variants``: name -> switches, ``seeds``, ``profile``), which picks its
+    MLflow parent (default: this variant and seed alone). Launched by `torchrun`,
     trains data-parallel (`pipeline.cyclegan.distributed`): rank 0 alone tracks and writes files. Raises
     `Interrupted` on SIGINT/SIGTERM (after saving) and `PipelineError` on a NaN/inf loss.
     """
@@ -110,6 +114,8 @@ def train_variant(
                 checkpoint_path, state["step"], state["mlflow_run_id"], True, True, state["history"]
             )
 
+        if track and is_main:
+            tracking.check_store()  # an unreachable store fails now, in seconds, not after training
         if cfg.num_threads is not None:
             # Tiny CPU convolutions gain little from threads, and on a busy machine spinning OpenMP
             # workers can make a step 10x slower: the default profile pins one thread.
@@ -121,6 +127,9 @@ def train_variant(
         trainer = build_trainer(switches, cfg, device, parallel)
         loop = TrainingLoop(
             variant_name, cfg, switches, data, trainer, sampler, checkpoint_path, plots_path, domains, track
+        )
+        loop.ablation = dict(
+            ablation or {"variants": {variant_name: dataclasses.asdict(switches)}, "seeds": [cfg.seed]}
         )
         if state is not None:
             loop.restore(state)
@@ -154,6 +163,8 @@ class TrainingLoop:
         self.window: dict[str, float] = {}  # loss sums of the window in progress...
         self.window_steps = 0  # ...over this many steps (saved: a resumed run logs the same rows)
         self.run_id: str | None = None
+        self.logger: tracking.RunLogger | None = None
+        self.ablation: dict[str, Any] = {}
         self.resumed = False
         # Fixed sample images for the per-epoch grid: centre crops of the first ids of each domain.
         offset = (cfg.load_size - cfg.crop_size) // 2
@@ -219,23 +230,30 @@ class TrainingLoop:
         if not self.track:
             return
         if self.run_id is not None and tracking.reopen_run(self.run_id):
+            self.logger = tracking.RunLogger(self.run_id, self._say)
             return
         if self.run_id is not None:
             self._say(f"MLflow run {self.run_id} is gone from {tracking.tracking_uri()}: starting a new one")
-        parent = tracking.parent_run_id(self.cfg.experiment, ablation_key(self.data, self.cfg))
+        key = ablation_key(self.data, self.cfg, self.ablation["variants"], self.ablation["seeds"])
+        parent = tracking.parent_run_id(self.cfg.experiment, key, f"ablation-{key[:8]}")
         params = to_flat_dict(self.cfg, "train.")
         params.update(to_flat_dict(self.switches, "variant."))
         params["variant.name"] = self.variant
         tags = {
-            "data_version": str(self.data["data_version"]),
             "cyclegan.variant": self.variant,
             "cyclegan.seed": str(self.cfg.seed),
             "cyclegan.protocol": str(self.data["protocol"]),
+            "cyclegan.profile": str(self.ablation.get("profile", "default")),
+            tracking.ABLATION_KEY_TAG: key,
+            "cyclegan.data_version": str(self.data["data_version"]),
             "cyclegan.train_sha256": str(self.data["train_sha256"]),
-            **{f"machine.{key}": value for key, value in machine_facts(self.trainer.device).items()},
+            **{f"machine.{name}": value for name, value in machine_facts(self.trainer.device).items()},
         }
         name = f"{self.variant}-seed{self.cfg.seed}"
         self.run_id = tracking.start_run(self.cfg.experiment, name, parent, params, tags)
+        self.logger = tracking.RunLogger(self.run_id, self._say)
+        source = data_source(self.checkpoint_path.parent) or "unknown"
+        self.logger.call("log_dataset", "cityscapes-split", self.data["data_version"], source)
 
     def run(self, on_step: Callable[[int, LossDict], None] | None) -> TrainResult:
         status = "FAILED"
@@ -249,8 +267,9 @@ class TrainingLoop:
             status = "KILLED"
             raise
         finally:
-            if self.track and self.run_id is not None:
-                tracking.end_run(self.run_id, status)
+            if self.logger is not None:
+                self.logger.call("end_run", status)
+                self.logger.flush()
         return TrainResult(self.checkpoint_path, self.step, self.run_id, self.resumed, False, self.history)
 
     def _stop_requested(self, interrupt: StopRequest) -> bool:
@@ -332,7 +351,7 @@ class TrainingLoop:
         metrics["train/lr"] = float(self.trainer.optimizers["G"].param_groups[0]["lr"])
         metrics["train/img_per_s"] = img_per_s
         metrics["train/epoch"] = self.epoch
-        tracking.log_metrics(self.run_id, metrics, step=self.step)
+        self.logger.call("log_metrics", metrics, step=self.step)
 
     def _end_of_epoch(self) -> None:
         if self.is_main:
@@ -340,21 +359,17 @@ class TrainingLoop:
         for scheduler in self.trainer.schedulers.values():
             scheduler.step()
         if self.track:
+            # One image key for the grid, stepped: the UI pages through the epochs and lines up runs.
             grid = self.trainer.sample_grid(*self.samples)
-            self._log_image(grid, f"samples/epoch_{self.epoch:03d}.png")
-
-    def _log_image(self, grid: torch.Tensor, artifact_file: str) -> None:
-        import torchvision
-
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp) / Path(artifact_file).name
-            torchvision.utils.save_image(grid, local)
-            tracking.log_artifacts(self.run_id, local, str(Path(artifact_file).parent))
+            pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+            self.logger.call("log_image", pixels, key="samples/grid", step=self.step)
 
     def _end_of_training(self) -> None:
         if not self.is_main:
             return
         write_curves(self.plots_path, self.history)
         if self.track:
-            tracking.log_artifacts(self.run_id, self.checkpoint_path, "checkpoint")
+            # G and F as MLflow models (loadable with mlflow.pytorch.load_model); the training
+            # checkpoint itself stays in DVC, which already stores and versions it.
+            self.logger.call("log_generators", self.trainer.nets, self.cfg.crop_size)
         self._say(f"finished {self.step} steps; checkpoint {self.checkpoint_path}")

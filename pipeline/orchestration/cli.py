@@ -1,6 +1,7 @@
 """The `cyclegan` command: what is not a DVC stage.
 
-cyclegan serve                   serve the Prefect deployment cyclegan/ablation from this machine
+cyclegan serve                   serve the Prefect deployment cyclegan/ablation from this project
+cyclegan ui                      the MLflow UI on this project's store, opened on the runs
 cyclegan deploy --pool NAME      register cyclegan/ablation on a work pool instead (scale-out)
 cyclegan translate CKPT IN OUT --direction photo2label|label2photo
                                  any folder of images through a trained checkpoint
@@ -42,12 +43,15 @@ def require_prefect_api(timeout_s: float = 5.0) -> str:
 def _serve(args: argparse.Namespace) -> int:
     from prefect.deployments.runner import EntrypointType
 
-    from pipeline.orchestration.flows import DEPLOYMENT_NAME, cyclegan
+    from pipeline.orchestration.flows import DEPLOYMENT_NAME, cyclegan, served_project
 
+    project = served_project()  # flow runs act on the project this command is started in
     require_prefect_api()
+    print(f"serving cyclegan/{args.name} for the project at {project}", flush=True)
 
-    # A module entrypoint (pipeline.orchestration.flows.cyclegan) runs from any directory; limit=1 because the
-    # flow runs of one workspace share params.yaml and DVC's repo lock.
+    # A module entrypoint (pipeline.orchestration.flows.cyclegan): the flow runs in this process's working
+    # directory, whichever checkout the package was installed from; limit=1 because the flow runs of one
+    # workspace share params.yaml and DVC's repo lock.
     cyclegan.serve(
         name=args.name,
         limit=args.limit,
@@ -81,6 +85,41 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def ui_link(base_url: str, experiment_id: str | None) -> str:
+    """The experiment's runs in the model-training view (MLflow 3 opens experiments in its GenAI view)."""
+    base = base_url.rstrip("/")
+    if experiment_id is None:
+        return f"{base}/#/experiments?workflowType=machine_learning"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def _ui(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
+    from pipeline.core.config import read_params
+    from pipeline.core.project import dvc_root
+    from pipeline.orchestration import tracking
+
+    project = dvc_root(Path.cwd()) or Path.cwd()
+    uri = tracking.tracking_uri(project)
+    params = read_params(project / "params.yaml") if (project / "params.yaml").is_file() else {}
+    experiment = args.experiment or (params.get("train") or {}).get("experiment") or "cyclegan-ablation"
+    with tracking.use_store(uri):
+        found = tracking.client().get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found is not None else None
+    if uri.startswith(("http://", "https://")):
+        print(ui_link(tracking.redacted(uri), experiment_id))  # a server already serves its UI
+        return 0
+    argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    argv += ["--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI on {uri}: {ui_link(f'http://{args.host}:{args.port}', experiment_id)}", flush=True)
+    try:
+        return subprocess.call(argv)
+    except KeyboardInterrupt:
+        return 0
+
+
 def _translate(args: argparse.Namespace) -> int:
     from pipeline.scoring.translate import translate_folder
 
@@ -107,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=1, help="flow runs at once from this workspace (default: %(default)s)"
     )
     serve.set_defaults(handler=_serve)
+
+    ui = commands.add_parser("ui", help="the MLflow UI on this project's store, opened on the runs")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    ui.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
+    ui.add_argument("--experiment", help="experiment to open (default: params.yaml's train.experiment)")
+    ui.set_defaults(handler=_ui)
 
     deploy = commands.add_parser("deploy", help="register cyclegan/ablation on a Prefect work pool")
     deploy.add_argument("--pool", required=True, help="work pool (create it: prefect work-pool create NAME)")

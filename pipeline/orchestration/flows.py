@@ -34,9 +34,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from pipeline.core.config import PROJECT_ROOT
 from pipeline.core.errors import PipelineError
-from pipeline.core.project import stage_output_md5
+from pipeline.core.project import dvc_root, stage_output_md5
 from pipeline.orchestration import tracking
 from pipeline.orchestration.dvc import StageRunner, dvc_command
 from pipeline.orchestration.overrides import (
@@ -46,7 +45,6 @@ from pipeline.orchestration.overrides import (
     apply_params_overrides,
     normalize_overrides,
 )
-from pipeline.orchestration.tracking import ParentRun, git_state, open_parent_run
 
 FLOW_NAME = "cyclegan"
 DEPLOYMENT_NAME = "ablation"
@@ -58,6 +56,10 @@ GPU_TAG = "gpu"  # tag concurrency limit: GPU stages running at once, over every
 DVC_TAG = "dvc"
 DOWNLOAD_RETRIES = 3
 DOWNLOAD_BACKOFF_S = 10.0  # 10 s, 20 s, 40 s (+ jitter) between whole-stage retries
+TRAINING_STAGES = frozenset({"judge", "train"})
+TRAINING_RETRIES = 2
+TRAINING_RETRY_DELAY_S = 30.0
+SCORES_ARTIFACT_KEY = "cyclegan-scores"
 ARTIFACT_KEY = "cyclegan-ablation"
 PREFECT_RUN_TAG = "prefect.flow_run_id"
 DATA_HASH_TAG = "dvc.data_hash"
@@ -90,6 +92,10 @@ def stage_task(stage: str):
             retry_delay_seconds=exponential_backoff(DOWNLOAD_BACKOFF_S),
             retry_jitter_factor=0.2,
         )
+    elif kind in TRAINING_STAGES:
+        # Resume is exact, so a retry after a lost worker or a killed process costs only the steps
+        # since the last checkpoint.
+        options.update(retries=TRAINING_RETRIES, retry_delay_seconds=TRAINING_RETRY_DELAY_S)
     return run_stage.with_options(**options)
 
 
@@ -123,11 +129,11 @@ def ensure_concurrency_limit(tag: str, slots: int | None) -> int:
         return slots
 
 
-def stage_env(parent: ParentRun) -> dict[str, str]:
+def stage_env(store: str, parent_id: str) -> dict[str, str]:
     """The environment DVC and the stages run in: the flow's, plus the store and the parent run."""
     env = dict(os.environ)
-    env["MLFLOW_TRACKING_URI"] = parent.uri
-    env[tracking.PARENT_ENV] = parent.run_id
+    env["MLFLOW_TRACKING_URI"] = store
+    env[tracking.PARENT_ENV] = parent_id
     # `python -m stages.x` in dvc.yaml must be this environment's Python, whatever PATH the
     # serving process was started with.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -143,11 +149,22 @@ def _flow_run_info() -> dict[str, str | None]:
 
 
 def _markdown_summary(
-    change: ParamsChange, outcomes: Mapping[str, str], parent: ParentRun, report: str, project_dir: Path
+    change: ParamsChange,
+    outcomes: Mapping[str, str],
+    parent_id: str,
+    store: str,
+    report: str,
+    project_dir: Path,
 ) -> str:
-    lines = ["# CycleGAN ablation", "", "| variant | result |", "|---|---|"]
+    lines = ["# CycleGAN ablation", "", "| variant-seed | result |", "|---|---|"]
     lines += [f"| `{name}` | {outcome} |" for name, outcome in outcomes.items()]
-    lines += ["", f"Report: {report}", "", f"MLflow parent run `{parent.run_id}` in `{parent.uri}`.", ""]
+    lines += [
+        "",
+        f"Report: {report}",
+        "",
+        f"MLflow parent run `{parent_id}` in `{tracking.redacted(store)}`.",
+        "",
+    ]
     if change.overrides:
         lines += ["## Parameter overrides", ""]
         lines += [f"- `{item}`" for item in change.overrides]
@@ -166,6 +183,62 @@ def _markdown_summary(
     return "\n".join(lines)
 
 
+def served_project() -> Path:
+    """The DVC project the serving (or worker) process was started in, found from its working
+    directory upwards as `dvc` finds its repo; never the folder the package is installed in."""
+    root = dvc_root(Path.cwd())
+    if root is None:
+        raise PipelineError(
+            f"{Path.cwd()} is not inside a DVC project: start `cyclegan serve` (or the worker) in the "
+            "project's folder, or pass project_dir"
+        )
+    return root
+
+
+def _open_parent(
+    experiment: str, key: str, run_info: Mapping[str, str | None], change: ParamsChange, params_path: Path
+) -> str:
+    """The parent of this launch (race-free by key), tagged with what launched it."""
+    parent_id = tracking.open_parent(
+        experiment, key, f"ablation-{key}", tags={PREFECT_RUN_TAG: run_info["id"] or ""}
+    )
+    tracking.set_tags(
+        parent_id,
+        {
+            "prefect.flow_run_name": run_info["name"],
+            "prefect.deployment": run_info["deployment"],
+            "prefect.flow_run_url": run_info["url"],
+            "cyclegan.params_changed": change.changed,
+            "cyclegan.overrides": json.dumps(change.overrides)[:5000],
+            "cyclegan.variants": ",".join(change.variants),
+        },
+    )
+    tracking.log_artifacts(parent_id, params_path, "params")
+    if change.backup is not None:
+        tracking.log_artifacts(parent_id, change.backup, "params")
+    return parent_id
+
+
+def _scores_artifact(project: Path) -> None:
+    """The report's scores with their intervals as a Prefect table artifact."""
+    from prefect.artifacts import create_table_artifact
+
+    path = project / "reports" / "ablation.json"
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    rows = []
+    for name, entry in document.get("variants", {}).items():
+        row: dict[str, Any] = {"variant": name, "seeds": ",".join(map(str, entry.get("seeds", [])))}
+        for metric, value in entry.items():
+            if isinstance(value, dict) and metric.startswith("fcn/") and value.get("mean") is not None:
+                interval = value.get("ci95") or value.get("bootstrap_ci95") or [None, None]
+                row[metric] = f"{value['mean']:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+        rows.append(row)
+    create_table_artifact(rows, key=SCORES_ARTIFACT_KEY, description="FCN scores, mean [95% interval]")
+
+
 # --- the flow ------------------------------------------------------------------------------------------
 
 
@@ -175,7 +248,6 @@ def _run_stages(
     env: Mapping[str, str],
     runner: StageRunner,
     outcomes: dict[str, str],
-    parent: ParentRun,
     push: bool,
 ) -> str:
     """Shared stages, each run's chain (``<variant>-<seed>``; a failure is recorded in `outcomes`, not
@@ -185,7 +257,7 @@ def _run_stages(
     logger = get_run_logger()
     for stage in SHARED_STAGES:
         stage_task(stage)(stage, project, env, runner)
-    parent.tag({DATA_HASH_TAG: stage_output_md5(project, "split")})
+    tracking.set_tags(env[tracking.PARENT_ENV], {DATA_HASH_TAG: stage_output_md5(project, "split")})
 
     for name in runs:
         try:
@@ -227,7 +299,7 @@ def run_ablation(
     from prefect.artifacts import create_markdown_artifact
 
     logger = get_run_logger()
-    project = Path(project_dir or PROJECT_ROOT).resolve()
+    project = Path(project_dir).resolve() if project_dir else served_project()
     params_path = project / PARAMS_NAME
     if not (project / "dvc.yaml").is_file() or not params_path.is_file():
         raise PipelineError(f"{project} has no dvc.yaml and params.yaml: pass project_dir=<the project root>")
@@ -254,35 +326,27 @@ def run_ablation(
     run_info = _flow_run_info()
     experiment = (change.after.get("train") or {}).get("experiment") or "cyclegan-ablation"
     key = ablation_key or run_info["id"] or "local"
-    parent = open_parent_run(project, experiment, key, f"ablation-{run_info['name'] or key[:8]}")
-    logger.info("MLflow parent run %s (experiment %r) in %s", parent.run_id, experiment, parent.uri)
-    parent.tag(
-        {
-            PREFECT_RUN_TAG: run_info["id"],
-            "prefect.flow_run_name": run_info["name"],
-            "prefect.deployment": run_info["deployment"],
-            "prefect.flow_run_url": run_info["url"],
-            "cyclegan.params_changed": change.changed,
-            **git_state(project),
-        }
-    )
-    parent.params({"overrides": json.dumps(change.overrides), "variants": ",".join(change.variants)})
-    parent.artifact(params_path, "params")
-    if change.backup is not None:
-        parent.artifact(change.backup, "params")
+    store = tracking.tracking_uri(project)
+    with tracking.use_store(store):
+        parent_id = _open_parent(experiment, key, run_info, change, params_path)
+    logger.info("MLflow parent run %s (experiment %r) in %s", parent_id, experiment, tracking.redacted(store))
 
-    env = stage_env(parent)
+    env = stage_env(store, parent_id)
     seeds = change.after.get("seeds") or [0]
     outcomes: dict[str, str] = {name: "not run" for name in run_names(change.variants, seeds)}
     report = "not run"
     status = "FAILED"
     try:
-        report = _run_stages(list(outcomes), project, env, runner, outcomes, parent, push)
+        with tracking.use_store(store):
+            report = _run_stages(list(outcomes), project, env, runner, outcomes, push)
         status = "FINISHED" if all(o == "completed" for o in outcomes.values()) else "FAILED"
+        if status == "FINISHED":
+            _scores_artifact(project)
     finally:
-        parent.finish(status)
+        with tracking.use_store(store):
+            tracking.end_run(parent_id, status)
         create_markdown_artifact(
-            _markdown_summary(change, outcomes, parent, report, project),
+            _markdown_summary(change, outcomes, parent_id, store, report, project),
             key=ARTIFACT_KEY,
             description="variants, overrides and the MLflow parent run of this ablation",
         )
@@ -303,12 +367,24 @@ def run_ablation(
         "variants": outcomes,
         "overrides": change.overrides,
         "params_backup": str(change.backup or ""),
-        "mlflow_parent_run_id": parent.run_id,
+        "mlflow_parent_run_id": parent_id,
         "report": report,
     }
 
 
-@flow(name=FLOW_NAME, description="CycleGAN loss ablation: DVC stages per variant, one MLflow parent run")
+def _flow_run_name() -> str:
+    """``ablation-<key>``: the ablation key when given, else the start of the flow run's id."""
+    from prefect.runtime import flow_run
+
+    key = (flow_run.parameters or {}).get("ablation_key") or (flow_run.id or "local")[:8]
+    return f"ablation-{key}"
+
+
+@flow(
+    name=FLOW_NAME,
+    flow_run_name=_flow_run_name,
+    description="CycleGAN loss ablation: DVC stages per variant, one MLflow parent run",
+)
 def cyclegan(
     variants: list[str] | None = None,
     overrides: dict[str, Any] | list[str] | None = None,
@@ -324,7 +400,7 @@ def cyclegan(
             from params.yaml for this and later runs (an override, see the module docstring).
         overrides: params overrides as in ``dvc exp run -S``: a list like ``["train.max_steps=5"]``
             or a mapping like ``{"train.max_steps": 5}``; recorded in MLflow and in params.yaml.
-        project_dir: the DVC project (default: where this package lives).
+        project_dir: the DVC project (default: the one the serving process was started in).
         ablation_key: groups runs under one MLflow parent run (default: this flow run's id); give
             several flow runs the same key to collect their variants in one parent.
         gpu_slots: set the `gpu` tag concurrency limit (default: keep it, or create it with one

@@ -18,17 +18,22 @@ import yaml
 
 from pipeline.core.config import PROJECT_ROOT
 from pipeline.core.errors import PipelineError
+from pipeline.core.project import dvc_root
 from pipeline.orchestration.overrides import normalize_overrides
 
-PROFILES_DIR = PROJECT_ROOT / "profiles"
+
+def default_dir() -> Path:
+    """`profiles/` of the DVC project the command runs in (else of the checkout holding the package)."""
+    return (dvc_root(Path.cwd()) or PROJECT_ROOT) / "profiles"
 
 
-def available(profiles_dir: Path = PROFILES_DIR) -> list[str]:
-    return sorted(p.stem for p in profiles_dir.glob("*.yaml"))
+def available(profiles_dir: Path | None = None) -> list[str]:
+    return sorted(p.stem for p in (profiles_dir or default_dir()).glob("*.yaml"))
 
 
-def load_profile(name: str, profiles_dir: Path = PROFILES_DIR) -> dict[str, Any]:
+def load_profile(name: str, profiles_dir: Path | None = None) -> dict[str, Any]:
     """The overrides of profile `name` as ``{dotted key: value}``."""
+    profiles_dir = profiles_dir or default_dir()
     path = profiles_dir / f"{name}.yaml"
     if not path.is_file():
         raise PipelineError(f"no profile {name!r}; available: {', '.join(available(profiles_dir)) or 'none'}")
@@ -38,7 +43,25 @@ def load_profile(name: str, profiles_dir: Path = PROFILES_DIR) -> dict[str, Any]
     return overrides
 
 
-def set_params_args(name: str, profiles_dir: Path = PROFILES_DIR) -> list[str]:
+def matching_profile(params: dict[str, Any], profiles_dir: Path | None = None) -> str:
+    """The profile whose every override `params` holds (e.g. ``paper``), else ``default``: what an MLflow
+    run and the report call the settings they ran with."""
+
+    def value(key: str) -> Any:
+        node: Any = params
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return KeyError
+            node = node[part]
+        return node
+
+    for name in available(profiles_dir):
+        if all(value(key) == wanted for key, wanted in load_profile(name, profiles_dir).items()):
+            return name
+    return "default"
+
+
+def set_params_args(name: str, profiles_dir: Path | None = None) -> list[str]:
     """``dvc exp run`` arguments that apply profile `name`."""
     args: list[str] = []
     for override in normalize_overrides(load_profile(name, profiles_dir)):

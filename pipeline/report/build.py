@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.core.fileio import publish_entries, staging_dir
+from pipeline.orchestration.tracking import PARENT_ENV
 from pipeline.report import curves, figures, tables
+from pipeline.report.record import record
 from pipeline.report.results import Summary, load_inputs, run_name, summarize
 
 
@@ -54,44 +55,6 @@ class ReportPaths:
     mlflow_parent_run_id: str | None = None
 
 
-def _parent_run_id(run_ids: Sequence[str]) -> str | None:
-    """The ablation's parent run: the flow's ``CYCLEGAN_PARENT_RUN_ID``, else the variant runs' parent.
-
-    Never creates one (unlike `tracking.parent_run_id`): a report made outside an ablation has
-    nothing to attach to.
-    """
-    from pipeline.orchestration import tracking
-
-    if os.environ.get(tracking.PARENT_ENV):
-        return os.environ[tracking.PARENT_ENV]
-    if not run_ids:
-        return None
-    client = tracking.client()
-    parents = {client.get_run(run_id).data.tags.get(tracking.PARENT_TAG) for run_id in run_ids}
-    parents.discard(None)
-    if len(parents) > 1:
-        warnings.warn(
-            f"variant runs have different parents {sorted(parents)}; report not attached", stacklevel=2
-        )
-        return None
-    return parents.pop() if parents else None
-
-
-def attach_to_parent_run(run_ids: Sequence[str], out_dir: Path) -> str | None:
-    """Log the report folder as artifacts of the MLflow parent run; warn, never fail, when impossible."""
-    try:
-        parent = _parent_run_id(run_ids)
-        if parent is None:
-            return None
-        from pipeline.orchestration.tracking import log_artifacts
-
-        log_artifacts(parent, out_dir, artifact_path="report")
-        return parent
-    except Exception as exc:  # tracking is a record; the report files are the result
-        warnings.warn(f"report not attached to MLflow ({type(exc).__name__}: {exc})", stacklevel=2)
-        return None
-
-
 def _fid_reasons(summary: Summary) -> dict[str, str]:
     """Why FID is missing -> which variants (usually one reason for all: no Inception weights)."""
     by_reason: dict[str, list[str]] = {}
@@ -114,8 +77,10 @@ def build_report(
     out_dir: str | os.PathLike,
     cfg: ReportConfig = ReportConfig(),
     track: bool = True,
+    open_parent: Callable[[], str] | None = None,
 ) -> ReportPaths:
-    """Write the report of `variants` x `seeds`; see the module docstring."""
+    """Write the report of `variants` x `seeds`; see the module docstring. With `track`, record it in
+    this launch's MLflow parent (the flow's, else the one `open_parent()` opens; none without it)."""
     out_dir, split_dir = Path(out_dir), Path(split_dir)
     inputs = load_inputs(variants, seeds, Path(metrics_dir), Path(confusion_dir), Path(bounds_json))
     summary = summarize(inputs, cfg.bootstrap_resamples, cfg.bootstrap_seed)
@@ -138,8 +103,10 @@ def build_report(
             plots.append(tmp / "plots" / "samples.png")
         curves.write_long_format(loss_curves, tmp / "losses")
 
-        (tmp / "ablation.md").write_text(tables.markdown(summary, prov, reasons, plots, tmp))
-        tables.csv_table(summary).to_csv(tmp / "ablation.csv", float_format="%.6g")
+        text = tables.markdown(summary, prov, reasons, plots, tmp)
+        (tmp / "ablation.md").write_text(text)
+        table = tables.csv_table(summary)
+        table.to_csv(tmp / "ablation.csv", float_format="%.6g")
         document = tables.json_document(summary, prov, reasons)
         (tmp / "ablation.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
         (tmp / "metrics").mkdir()
@@ -149,8 +116,11 @@ def build_report(
         publish_entries(tmp, out_dir)
         written = [out_dir / p.relative_to(tmp) for p in plots]
 
-    run_ids = [rid for entry in summary.variants.values() for rid in entry["mlflow_run_ids"] if rid]
-    parent = attach_to_parent_run(run_ids, out_dir) if track else None
+    parent = None
+    if track and (open_parent is not None or os.environ.get(PARENT_ENV)):
+        all_runs = [run for rs in inputs.runs.values() for run in rs]
+        tags = {"cyclegan.variants": ",".join(variants), "cyclegan.seeds": ",".join(map(str, seeds))}
+        parent = record(all_runs, text, table, out_dir, open_parent, tags)
     return ReportPaths(
         markdown=out_dir / "ablation.md",
         csv=out_dir / "ablation.csv",

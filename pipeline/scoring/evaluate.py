@@ -13,8 +13,6 @@ null offline).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -193,33 +191,21 @@ def evaluate_variant(
     return metrics, confusions, [image.image_id for image in images]
 
 
-def tracked_metrics(metrics: dict) -> dict[str, float]:
-    """The scalar scores under their MLflow names (``eval/fcn/...``, ``eval/fid/...``); nulls left out."""
-    return {
-        f"eval/{key}": float(value)
-        for key, value in metrics.items()
-        if key.startswith(("fcn/", "fid/")) and value is not None
-    }
-
-
 def log_to_run(
     run_id: str, metrics: dict, metrics_json: Path, translations_dir: Path, n_samples: int, step: int | None
 ) -> None:
-    """Log the scores, the metrics file and a few translated samples to the variant's run."""
+    """Log the scores, the metrics file, why FID is missing (a tag) and the first `n_samples` translated
+    val images per direction, as stepped images the UI shows side by side across runs."""
     from pipeline.orchestration import tracking
 
-    tracking.log_metrics(run_id, tracked_metrics(metrics), step=step)
+    tracking.log_metrics(run_id, tracking.eval_metrics(metrics), step=step)
     tracking.log_artifacts(run_id, metrics_json, artifact_path="eval")
-    if n_samples:
-        with tempfile.TemporaryDirectory() as tmp:
-            for direction in DIRECTIONS:
-                (Path(tmp) / direction).mkdir()
-                files = sorted(
-                    (translations_dir / direction).glob("*.png"), key=lambda p: image_id_key(p.stem)
-                )
-                for path in files[:n_samples]:
-                    shutil.copy2(path, Path(tmp) / direction / path.name)
-            tracking.log_artifacts(run_id, tmp, artifact_path="eval/samples")
+    if metrics.get("fid_unavailable"):
+        tracking.set_tags(run_id, {"cyclegan.fid_unavailable": metrics["fid_unavailable"][:5000]})
+    for direction in DIRECTIONS:
+        files = sorted((translations_dir / direction).glob("*.png"), key=lambda p: image_id_key(p.stem))
+        for path in files[:n_samples]:
+            tracking.log_image(run_id, read_rgb(path), key=f"eval/{direction}/{path.stem}", step=step or 0)
 
 
 def training_record(state: dict) -> dict:

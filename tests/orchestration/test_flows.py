@@ -103,12 +103,14 @@ def test_variant_selection_is_an_override(project: Path):
         apply_params_overrides(project / "params.yaml", ["~variants.a", "~variants.c"])
 
 
-def test_download_task_retries_with_exponential_backoff():
+def test_download_retries_with_backoff_and_training_resumes_on_retry():
     download = stage_task("download")
     assert download.retries == flows.DOWNLOAD_RETRIES
     assert download.retry_delay_seconds == [10.0, 20.0, 40.0]
-    assert stage_task("train@a").retries == 0
-    assert stage_task("train@a").tags == {"dvc", "gpu"} and stage_task("split").tags == {"dvc"}
+    # Resume is exact: a retried train or judge stage continues from its last checkpoint.
+    assert stage_task("train@a-0").retries == stage_task("judge").retries == flows.TRAINING_RETRIES == 2
+    assert stage_task("translate@a-0").retries == stage_task("report").retries == 0
+    assert stage_task("train@a-0").tags == {"dvc", "gpu"} and stage_task("split").tags == {"dvc"}
 
 
 # --- the flow with a recording stage runner ------------------------------------------------------------
@@ -216,8 +218,9 @@ def test_flow_runs_stages_in_order_and_records_the_parent(project, prefect_api, 
 
     parent = _parent(mlflow_store, state.state_details.flow_run_id)
     assert parent.info.run_id == parent_id and parent.info.status == "FINISHED"
-    assert parent.data.params["overrides"] == '["train.max_steps=2", "~variants.b"]'
-    assert parent.data.params["variants"] == "a,c"
+    assert parent.data.tags["cyclegan.overrides"] == '["train.max_steps=2", "~variants.b"]'
+    assert parent.data.tags["cyclegan.variants"] == "a,c"
+    assert parent.info.run_name == f"ablation-{state.state_details.flow_run_id}"
     assert parent.data.tags["dvc.data_hash"] == "abc.dir"
     assert parent.data.tags["cyclegan.role"] == "ablation"
 

@@ -4,13 +4,13 @@ import json
 import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
 from pipeline.core.errors import PipelineError
-from pipeline.report import build as report_module
 from pipeline.report import figures
 from pipeline.report.build import build_report
 from pipeline.report.paper import PAPER_SCORES
@@ -164,9 +164,7 @@ def test_the_bootstrap_of_500_images_takes_seconds_and_repeats(tmp_path):
     start = time.perf_counter()
     first = summarize(loaded, 1000, 7)
     seconds = time.perf_counter() - start
-    print(
-        f"val-image bootstrap: 1000 resamples of 500 images, {len(QUALITY)} variants, {seconds:.2f} s"
-    )
+    print(f"val-image bootstrap: 1000 resamples of 500 images, {len(QUALITY)} variants, {seconds:.2f} s")
     assert seconds < 30
     again = summarize(loaded, 1000, 7)
     other = summarize(loaded, 1000, 8)
@@ -240,46 +238,70 @@ def test_rebuilding_replaces_the_report_atomically(inputs, fast_plots, tmp_path)
     ]
 
 
-def test_report_is_attached_to_the_parent_run(inputs, fast_plots, tmp_path, monkeypatch):
-    from pipeline.orchestration import tracking
-
-    logged = []
-    monkeypatch.setenv("CYCLEGAN_PARENT_RUN_ID", "parent123")
-    monkeypatch.setattr(
-        tracking,
-        "log_artifacts",
-        lambda run_id, path, artifact_path=None: logged.append((run_id, Path(path), artifact_path)),
-    )
-    paths = _build(inputs, tmp_path / "reports")
-    assert paths.mlflow_parent_run_id == "parent123"
-    assert logged == [("parent123", tmp_path / "reports", "report")]
-
-
-def test_parent_run_is_found_through_the_variant_runs(monkeypatch):
-    from pipeline.orchestration import tracking
-
-    class Client:
-        def get_run(self, run_id):
-            tags = {"mlflow.parentRunId": "p1"} if run_id != "orphan" else {}
-            return type("Run", (), {"data": type("Data", (), {"tags": tags})()})()
-
+@pytest.fixture
+def store(monkeypatch, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("CYCLEGAN_PARENT_RUN_ID", raising=False)
-    monkeypatch.setattr(tracking, "client", Client)
-    assert report_module._parent_run_id(["r1", "orphan"]) == "p1"
-    assert report_module._parent_run_id([]) is None
+    return mlflow.MlflowClient(uri)
+
+
+def test_the_launch_parent_shows_every_run_even_when_training_was_reused(tmp_path, fast_plots, store):
+    from pipeline.orchestration import tracking
+
+    inputs = make_report_inputs(tmp_path / "in", QUALITY, seeds=[0])
+    # The runs were trained under an earlier launch's parent...
+    earlier = tracking.open_parent("report-test", "earlier launch", "ablation-earlier")
+    for variant in QUALITY:
+        run_id = tracking.start_run(
+            "report-test",
+            f"{variant}-seed0",
+            earlier,
+            {"train.lr": 2e-4},
+            {"cyclegan.variant": variant, "cyclegan.seed": "0"},
+        )
+        path = inputs["metrics"] / f"{variant}-0.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "mlflow_run_id": run_id}))
+    # ...and this launch (cycle_only removed) reuses two of them.
+    launch = lambda: tracking.open_parent("report-test", "this launch", "ablation-now")  # noqa: E731
+    for _ in range(2):  # a rebuilt report adds nothing twice
+        paths = _build(inputs, tmp_path / "reports", variants=("gan_only", "cyclegan"), open_parent=launch)
+    parent = store.get_run(paths.mlflow_parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "ablation-now"
+    children = store.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    assert sorted(c.info.run_name for c in children) == ["cyclegan-seed0", "gan_only-seed0"]
+    for child in children:
+        assert child.data.tags["cyclegan.trained_in"] in {
+            r.info.run_id for r in store.search_runs([parent.info.experiment_id])
+        }
+        assert child.data.params["train.lr"] == "0.0002"
+        assert child.data.metrics["eval/fcn/label2photo/pixel_acc"] > 0
+    note = parent.data.tags["mlflow.note.content"]
+    assert "GAN alone" in note and "Cycle alone" not in note  # the removed variant is not mentioned
+    artifacts = {a.path for a in store.list_artifacts(parent.info.run_id)}
+    assert {"ablation_table.json", "report"} <= artifacts
+
+
+def test_the_flows_parent_is_used_and_left_to_the_flow_to_end(tmp_path, fast_plots, store, monkeypatch):
+    from pipeline.orchestration import tracking
+
+    inputs = make_report_inputs(tmp_path / "in", QUALITY, seeds=[0])
+    parent = tracking.open_parent("report-test", "flow launch", "ablation-flow")
+    monkeypatch.setenv("CYCLEGAN_PARENT_RUN_ID", parent)
+    paths = _build(inputs, tmp_path / "reports", open_parent=lambda: pytest.fail("the flow's parent is used"))
+    assert paths.mlflow_parent_run_id == parent and store.get_run(parent).info.status == "RUNNING"
 
 
 def test_an_unreachable_store_only_warns(inputs, fast_plots, tmp_path, monkeypatch):
-    monkeypatch.setenv("CYCLEGAN_PARENT_RUN_ID", "parent123")
-
-    def fail(*args, **kwargs):
-        raise ConnectionError("store down")
-
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.delenv("CYCLEGAN_PARENT_RUN_ID", raising=False)
     from pipeline.orchestration import tracking
 
-    monkeypatch.setattr(tracking, "log_artifacts", fail)
-    with pytest.warns(UserWarning, match="store down"):
-        paths = _build(inputs, tmp_path / "reports")
+    with pytest.warns(UserWarning, match="report not recorded in MLflow"):
+        paths = _build(inputs, tmp_path / "reports", open_parent=lambda: tracking.open_parent("x", "k", "n"))
     assert paths.mlflow_parent_run_id is None and paths.json.is_file()
 
 
@@ -293,8 +315,7 @@ def test_confusion_factory_scores_what_it_says():
     assert segmentation_scores(confusions_with_accuracy([0.25, 0.75]).sum(axis=0))["pixel_acc"] == 0.5
 
 
-def test_stage_reads_variants_and_seeds_from_params(inputs, fast_plots, tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("CYCLEGAN_PARENT_RUN_ID", raising=False)
+def test_stage_reads_variants_and_seeds_from_params(inputs, fast_plots, tmp_path, capsys, store):
     params = tmp_path / "params.yaml"
     params.write_text("report: {n_samples: 2}\nseeds: [0, 1]\nvariants: {gan_only: {}, cyclegan: {}}\n")
     argv = [

@@ -9,8 +9,9 @@ from PIL import Image
 from pipeline.core.errors import PipelineError
 from pipeline.data.labels import CLASS_NAMES, colorize, decode_label_map
 from pipeline.orchestration import tracking
+from pipeline.orchestration.tracking import eval_metrics as tracked_metrics
 from pipeline.scoring import evaluate as evaluate_module
-from pipeline.scoring.evaluate import EvaluateConfig, evaluate_variant, run_evaluation, tracked_metrics
+from pipeline.scoring.evaluate import EvaluateConfig, evaluate_variant, run_evaluation
 from pipeline.scoring.fid import FidResult
 from stages import evaluate as evaluate_stage
 from tests.factories import make_checkpoint, make_val_split, tiny_judge_checkpoint
@@ -142,7 +143,9 @@ def test_fid_values_and_unavailability_are_reported(split_dir, tmp_path, colour_
     assert metrics["fid/label2photo"] == 12.5
     assert metrics["fid/photo2label"] is None
     assert metrics["fid_unavailable"] == "photo2label: no weights"
-    assert tracked_metrics(metrics) == {
+    tracked = tracked_metrics(metrics)
+    scores = {k: v for k, v in tracked.items() if "/iou/" not in k}
+    assert scores == {
         **{
             f"eval/fcn/{d}/{s}": pytest.approx(1.0)
             for d in ("label2photo", "photo2label")
@@ -150,6 +153,11 @@ def test_fid_values_and_unavailability_are_reported(split_dir, tmp_path, colour_
         },
         "eval/fid/label2photo": 12.5,
     }
+    # Per-class IoU of every class present, per direction, under names the compare view lines up.
+    assert tracked["eval/fcn/photo2label/iou/traffic_light"] == pytest.approx(1.0)
+    assert len([k for k in tracked if k.startswith("eval/fcn/label2photo/iou/")]) == sum(
+        v is not None for v in metrics["per_class_iou"]["label2photo"].values()
+    )
 
 
 def test_the_real_judge_scores_translated_photos(split_dir, tmp_path):
@@ -162,7 +170,13 @@ def test_the_real_judge_scores_translated_photos(split_dir, tmp_path):
 
 @pytest.fixture
 def logged(monkeypatch):
-    calls = {"metrics": [], "artifacts": []}
+    calls = {"metrics": [], "artifacts": [], "images": [], "tags": []}
+    monkeypatch.setattr(
+        tracking,
+        "log_image",
+        lambda run_id, image, key, step: calls["images"].append((run_id, key, step, image.shape)),
+    )
+    monkeypatch.setattr(tracking, "set_tags", lambda run_id, tags: calls["tags"].append((run_id, tags)))
     monkeypatch.setattr(
         tracking,
         "log_metrics",
@@ -192,19 +206,20 @@ def test_run_evaluation_writes_json_and_logs_to_the_variant_run(split_dir, tmp_p
     assert written["mlflow_run_id"] == "run42"
     [(run_id, metrics, step)] = logged["metrics"]
     assert run_id == "run42" and step == 7
-    assert set(metrics) == {
+    assert {m for m in metrics if "/iou/" not in m} == {
         f"eval/fcn/{d}/{s}"
         for d in ("label2photo", "photo2label")
         for s in ("pixel_acc", "class_acc", "class_iou")
     }
-    assert logged["artifacts"] == [
-        ("run42", "eval", ["cyclegan.json"]),
-        (
-            "run42",
-            "eval/samples",
-            ["label2photo/1.png", "label2photo/2.png", "photo2label/1.png", "photo2label/2.png"],
-        ),
+    assert logged["artifacts"] == [("run42", "eval", ["cyclegan.json"])]
+    # Samples as stepped images (one key per val image and direction), and why FID is missing as a tag.
+    assert [(key, step) for _, key, step, _ in logged["images"]] == [
+        ("eval/label2photo/1", 7),
+        ("eval/label2photo/2", 7),
+        ("eval/photo2label/1", 7),
+        ("eval/photo2label/2", 7),
     ]
+    assert logged["tags"] == [("run42", {"cyclegan.fid_unavailable": written["fid_unavailable"]})]
     assert [p.name for p in out.parent.iterdir()] == ["cyclegan.json"]  # no temp file left
 
 
