@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from pipeline.core.config import to_flat_dict
 from pipeline.core.device import resolve_device, seeded
 from pipeline.core.images import to_model_range
+from pipeline.core.progress import progress
 from pipeline.core.signals import Interrupted, StopRequest, stop_requests
 from pipeline.cyclegan import distributed
 from pipeline.cyclegan.checkpoint import CHECKPOINT_NAME, FORMAT, save_checkpoint
@@ -268,7 +268,7 @@ class TrainingLoop:
         cfg = self.cfg
         steps = make_steps(self.trainer, self.sampler)
         window_steps, window_start = 0, time.perf_counter()
-        bar = tqdm(
+        bar = progress(
             total=self.target,
             initial=self.step,
             desc=self.variant,
@@ -320,7 +320,7 @@ class TrainingLoop:
                 self.window[name] = self.window.get(name, 0.0) + value
                 self.epoch_sums[name] = self.epoch_sums.get(name, 0.0) + value
 
-    def _log_window(self, steps: int, img_per_s: float, bar: tqdm) -> None:
+    def _log_window(self, steps: int, img_per_s: float, bar) -> None:
         means = {name: total / steps for name, total in self.window.items()}
         self.window = {}
         shown = {k: means[k] for k in ("loss_G", "loss_D_X", "loss_D_Y") if k in means}

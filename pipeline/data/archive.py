@@ -8,9 +8,8 @@ import tarfile
 import zlib
 from pathlib import Path
 
-from tqdm import tqdm
-
 from pipeline.core.errors import PipelineError
+from pipeline.core.progress import progress
 from pipeline.data.fetch import CHUNK_BYTES, SOURCE_ENV
 
 SOURCE_HINT = f"point data.source (or {SOURCE_ENV}) at the pix2pix cityscapes.tar.gz"
@@ -19,7 +18,7 @@ SOURCE_HINT = f"point data.source (or {SOURCE_ENV}) at the pix2pix cityscapes.ta
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks with a progress bar."""
     digest = hashlib.sha256()
-    bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024, desc="sha256")
+    bar = progress(total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024, desc="sha256")
     with path.open("rb") as handle, bar:
         while chunk := handle.read(CHUNK_BYTES):
             digest.update(chunk)
@@ -55,7 +54,7 @@ def extract_archive(archive: Path, dest: Path) -> None:
     files, so a hostile archive cannot write outside `dest`. Streaming mode (``r|*``) reads the
     compressed file once, front to back, and the progress bar follows the compressed bytes.
     """
-    bar = tqdm(total=archive.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024, desc="extract")
+    bar = progress(total=archive.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024, desc="extract")
     try:
         with archive.open("rb") as raw, bar, tarfile.open(fileobj=_Counting(raw, bar), mode="r|*") as tar:
             tar.errorlevel = 1  # filter refusals and fatal errors raise
@@ -75,7 +74,7 @@ def extract_archive(archive: Path, dest: Path) -> None:
 class _Counting:
     """A read-only file wrapper that advances a progress bar (tarfile's stream mode only reads)."""
 
-    def __init__(self, raw, bar: tqdm):
+    def __init__(self, raw, bar):
         self._raw, self._bar = raw, bar
 
     def read(self, size: int = -1) -> bytes:

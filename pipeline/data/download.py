@@ -23,11 +23,11 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from pipeline import __version__
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import publish_dir, staging_dir
+from pipeline.core.progress import progress
 from pipeline.data.archive import SOURCE_HINT, extract_archive, sha256_file, sniff_archive
 from pipeline.data.fetch import SOURCE_ENV, fetch_url
 
@@ -182,7 +182,7 @@ def _copy_dataset_folder(folder: Path, staged: Path) -> int:
     tree = folder / DATASET_FOLDER if (folder / DATASET_FOLDER).is_dir() else folder
     files = [path for path in tree.rglob("*") if path.is_file()]
     copied = 0
-    bar = tqdm(total=len(files), unit="file", desc="copy")
+    bar = progress(total=len(files), unit="file", desc="copy")
 
     def copy(src: str, dst: str) -> str:
         nonlocal copied

@@ -17,11 +17,11 @@ from urllib.parse import unquote, urlparse
 
 import requests
 import urllib3
-from tqdm import tqdm
 
 from pipeline import __version__
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import write_json
+from pipeline.core.progress import print_line, progress
 
 SOURCE_ENV = "CYCLEGAN_DATA_SOURCE"
 OFFLINE_HINT = f"{SOURCE_ENV}=/path/to/cityscapes.tar.gz"
@@ -64,7 +64,7 @@ def fetch_url(url: str, cache_dir: Path, retries: int, timeout_s: float, backoff
                 break
             except _TransientError as exc:
                 error = exc
-                tqdm.write(f"download: attempt {attempt + 1} of {retries + 1} failed: {exc.detail}")
+                print_line(f"download: attempt {attempt + 1} of {retries + 1} failed: {exc.detail}")
         else:
             raise _give_up(error, url, part, retries + 1)
     os.replace(part, final)
@@ -125,7 +125,7 @@ def _check_response(response: requests.Response, url: str, have: int, part: Path
 
 def _stream_body(response: requests.Response, part: Path, start: int, total: int | None) -> None:
     """Write the response body to `part` from byte `start`; a short body is a transient error."""
-    bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=part.name)
+    bar = progress(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=part.name)
     with part.open("r+b" if start else "wb") as handle, bar:
         handle.seek(start)
         handle.truncate()

@@ -18,10 +18,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import publish_dir, staging_dir, write_json
+from pipeline.core.progress import progress
 from pipeline.data.labels import decode_label_map
 from pipeline.data.manifest import COLUMNS, MANIFEST, image_id_key
 
@@ -179,7 +179,7 @@ def split(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: SplitConf
         skipped: list[str] = []
         with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
             results = pool.map(_process_or_report, [(job, tmp) for job in jobs], chunksize=32)
-            for job_rows, problem in tqdm(results, total=len(jobs), desc="split", unit="img"):
+            for job_rows, problem in progress(results, total=len(jobs), desc="split", unit="img"):
                 if problem is None:
                     rows.extend(job_rows)
                 elif cfg.on_bad_image == "skip":

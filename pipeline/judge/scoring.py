@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.images import hwc_to_model, read_mask, read_rgb, resize_to
+from pipeline.core.progress import progress
 from pipeline.data.labels import NUM_CLASSES
 from pipeline.data.manifest import read_manifest
 from pipeline.judge.model import FCN8s, FCNConfig, resize
@@ -134,7 +134,7 @@ def judge_confusion(
     """
     batch_size = batch_size or judge.batch_size
     cm = np.zeros((NUM_CLASSES, NUM_CLASSES + 1), dtype=np.int64)
-    with tqdm(total=len(photo_paths), desc=desc, unit="img") as bar:
+    with progress(total=len(photo_paths), desc=desc, unit="img") as bar:
         for start in range(0, len(photo_paths), batch_size):
             masks = [read_mask(p) for p in mask_paths[start : start + batch_size]]
             photos = [

@@ -30,11 +30,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from pipeline.core.device import resolve_device
 from pipeline.core.fileio import save_torch
 from pipeline.core.images import hwc_to_model, read_mask, read_rgb
+from pipeline.core.progress import progress
 from pipeline.core.signals import Interrupted, stop_requests
 from pipeline.data.labels import CLASS_NAMES, VOID
 from pipeline.judge.model import FCN8s, FCNConfig, init_weights
@@ -91,7 +91,8 @@ def load_pairs(
     photos = np.empty((len(photo_paths), size, size, 3), dtype=np.uint8)
     masks = np.empty((len(mask_paths), size, size), dtype=np.uint8)
     pairs = zip(photo_paths, mask_paths, strict=True)
-    for index, (photo, mask) in enumerate(tqdm(pairs, total=len(photos), desc="load judge data", unit="img")):
+    bar = progress(pairs, total=len(photos), desc="load judge data", unit="img")
+    for index, (photo, mask) in enumerate(bar):
         photos[index] = read_rgb(photo, size)
         masks[index] = read_mask(mask, size)
     return torch.from_numpy(photos), torch.from_numpy(masks)
@@ -225,7 +226,7 @@ def _train(
     plan_epoch, order, flips = -1, None, None
     with (
         stop_requests() as stop,
-        tqdm(total=total, initial=state["step"], desc="train judge", unit="step") as bar,
+        progress(total=total, initial=state["step"], desc="train judge", unit="step") as bar,
     ):
         while state["step"] < total:
             step = state["step"]

@@ -22,13 +22,13 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from pipeline.core.device import resolve_device
 from pipeline.core.directions import DIRECTIONS
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import write_json
 from pipeline.core.images import read_mask, read_rgb, resize_to
+from pipeline.core.progress import progress
 from pipeline.cyclegan.checkpoint import load_checkpoint
 from pipeline.data.labels import CLASS_NAMES, NUM_CLASSES, decode_label_map
 from pipeline.data.manifest import image_id_key, read_manifest
@@ -102,7 +102,7 @@ def val_images(split_dir: Path, translations_dir: Path) -> list[ValImage]:
 def score_photo2label(images: list[ValImage]) -> dict:
     """FCN scores of G(x): each translated label map decoded to class ids, against the val mask."""
     cm = np.zeros((NUM_CLASSES, NUM_CLASSES + 1), dtype=np.int64)
-    for image in tqdm(images, desc="photo2label", unit="img"):
+    for image in progress(images, desc="photo2label", unit="img"):
         gt = read_mask(image.mask)
         # Nearest, not bilinear: blending two class colours would invent a third class.
         rgb = resize_to(read_rgb(image.translated["photo2label"]), gt.shape, Image.Resampling.NEAREST)

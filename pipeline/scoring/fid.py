@@ -8,6 +8,7 @@ or raises `PipelineError` when the config says FID is required. Random weights a
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import warnings
@@ -19,12 +20,14 @@ from unittest import mock
 
 import numpy as np
 import torch
+from pytorch_fid import fid_score
 from pytorch_fid import inception as fid_inception
 from pytorch_fid.fid_score import calculate_frechet_distance, get_activations
 from pytorch_fid.inception import InceptionV3
 
 from pipeline.core.device import resolve_device
 from pipeline.core.errors import PipelineError
+from pipeline.core.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +137,12 @@ def activations(
     if not paths:
         raise PipelineError("no images to compute FID features for: check the image folders")
     files = [str(p) for p in paths]
+    bar = functools.partial(progress, desc="FID features", unit="batch")  # pytorch-fid's own bar, tamed
     try:
-        return get_activations(
-            files, model, batch_size=min(batch_size, len(files)), dims=DIMS, device=device, num_workers=0
-        )
+        with mock.patch.object(fid_score, "tqdm", bar):
+            return get_activations(
+                files, model, batch_size=min(batch_size, len(files)), dims=DIMS, device=device, num_workers=0
+            )
     except RuntimeError as exc:
         if "stack expects each tensor to be equal size" in str(exc):
             raise PipelineError(

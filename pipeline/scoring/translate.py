@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 from PIL import Image
-from tqdm import tqdm
 
 from pipeline.core.device import resolve_device
 from pipeline.core.directions import DIRECTIONS, Direction
@@ -28,6 +27,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import publish_dir, staging_dir
 from pipeline.core.images import list_images as _list_images
 from pipeline.core.images import read_rgb, resize_to, save_png, stack_to_model, to_uint8
+from pipeline.core.progress import progress
 from pipeline.cyclegan.checkpoint import LoadedGenerators, load_generators
 from pipeline.data.manifest import read_manifest
 
@@ -108,7 +108,7 @@ def _translate_files(
     """Translate each ``(source, target)`` file pair; returns how many were written."""
     targets = dict(jobs)
     written = 0
-    with tqdm(total=len(jobs), desc=desc, unit="img") as bar:
+    with progress(total=len(jobs), desc=desc, unit="img") as bar:
         for sources, images in _batches([source for source, _ in jobs], batch_size, size):
             for source, pixels in zip(sources, run_generator(net, images, device), strict=True):
                 save_png(pixels, targets[source])
