@@ -8,9 +8,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +71,19 @@ def make_pix2pix_tree(
         for index in range(1, count + 1):
             make_pair_image(rng, width, height).save(folder / f"{index}.jpg", quality=95)
     return root / "cityscapes"
+
+
+def make_bomb_image(path: Path, width: int = 30_000, height: int = 30_000) -> Path:
+    """A PNG whose header claims `width` x `height` pixels (PIL refuses it as a decompression bomb when
+    opening it, before decoding anything), in a few dozen bytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
+    return path
 
 
 def make_archive(tree_parent: Path, archive: Path) -> Path:

@@ -229,7 +229,7 @@ def _check_image_size(image: Path, top: Path, image_size: tuple[int, int], sourc
     try:
         with Image.open(image) as opened:
             size = opened.size
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise PipelineError(
             f"unexpected layout in {source}: {name} is not a readable image ({exc})"
         ) from None

@@ -69,7 +69,7 @@ def _read_pair(path: Path) -> tuple[Image.Image, Image.Image]:
         with Image.open(path) as image:
             image.load()
             image = image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise BadImage(f"{path}: cannot decode ({exc})") from None
     if image.size != ARCHIVE_SIZE:
         raise BadImage(

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from pipeline.core.directions import DIRECTIONS
+from pipeline.core.entry import run_main
 from pipeline.core.errors import PipelineError
 
 SERVER_HINT = (
@@ -132,13 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `cyclegan` console script; returns the exit status."""
+    """Entry point of the `cyclegan` console script; returns the exit status (any failure: one line)."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_main(lambda: args.handler(args))
 
 
 if __name__ == "__main__":
