@@ -6,6 +6,7 @@ Never real Cityscapes images: every picture here is made from random numbers and
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import shutil
 import struct
@@ -86,11 +87,31 @@ def make_bomb_image(path: Path, width: int = 30_000, height: int = 30_000) -> Pa
     return path
 
 
-def make_archive(tree_parent: Path, archive: Path) -> Path:
-    """Pack ``tree_parent/cityscapes`` into a tar.gz at `archive` (sorted, like the shared copy)."""
-    with tarfile.open(archive, "w:gz") as tar:
+def make_archive(tree_parent: Path, archive: Path, mode: str = "w:gz") -> Path:
+    """Pack ``tree_parent/cityscapes`` into a tar archive at `archive` (sorted, like the shared copy)."""
+    with tarfile.open(archive, mode) as tar:
         tar.add(tree_parent / "cityscapes", arcname="cityscapes")
     return archive
+
+
+def tar_member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", linkname: str = "") -> tuple:
+    """One member for `make_tar`: a file with `data`, or a folder, link, device... by tar type."""
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    if kind in (tarfile.REGTYPE, tarfile.AREGTYPE):
+        info.size = len(data)
+        return info, data
+    return info, None
+
+
+def make_tar(
+    path: Path, members: list[tuple], mode: str = "w:gz", tar_format: int = tarfile.PAX_FORMAT
+) -> Path:
+    """A tar archive of exactly `members` (from `tar_member`), in order: hostile archives for the tests."""
+    with tarfile.open(path, mode, format=tar_format) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
 
 
 # --- the split ----------------------------------------------------------------------------------------

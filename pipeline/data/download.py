@@ -28,11 +28,17 @@ from pipeline import __version__
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import publish_dir, staging_dir
 from pipeline.core.progress import progress
-from pipeline.data.archive import SOURCE_HINT, extract_archive, sha256_file, sniff_archive
+from pipeline.data.archive import (
+    DATASET_FOLDER,
+    SOURCE_HINT,
+    CheckedArchive,
+    check_archive,
+    extract_archive,
+    sniff_archive,
+)
 from pipeline.data.fetch import SOURCE_ENV, fetch_url
 
 PROVENANCE_NAME = "provenance.json"
-DATASET_FOLDER = "cityscapes"  # the archive's top-level folder; the split stage reads out_dir/cityscapes
 SCRATCH_NAME = ".download"
 IMAGE_SUFFIX = ".jpg"
 
@@ -132,8 +138,9 @@ def _stage(cfg: DataConfig, source: Source, scratch: Path, staged: Path) -> dict
         archive = Path(source.location)
         if source.kind == "url":
             archive = fetch_url(source.location, scratch, cfg.retries, cfg.timeout_s, cfg.backoff_s)
-        digest, size = _checked_archive(archive, source, cfg)
-        extract_archive(archive, staged)
+        checked = _checked_archive(archive, source, cfg)
+        digest, size = checked.sha256, archive.stat().st_size
+        extract_archive(checked, staged)
     counts = check_layout(staged, cfg.expected_counts, cfg.image_size, source.location)
     provenance = {
         "source": source.location,
@@ -149,26 +156,24 @@ def _stage(cfg: DataConfig, source: Source, scratch: Path, staged: Path) -> dict
     return provenance
 
 
-def _checked_archive(archive: Path, source: Source, cfg: DataConfig) -> tuple[str, int]:
-    """Sniff and checksum an archive before anything is extracted; return (sha256, bytes)."""
+def _checked_archive(archive: Path, source: Source, cfg: DataConfig) -> CheckedArchive:
+    """Sniff the archive, check every member and its checksum before anything is extracted."""
     downloaded = source.kind == "url"
     try:
         sniff_archive(archive)
+        checked = check_archive(archive)
     except PipelineError as exc:
         if downloaded:  # garbage in the cache would be reused forever: drop it
             archive.unlink(missing_ok=True)
-            raise PipelineError(
-                f"{exc} (downloaded from {source.location}, deleted): {SOURCE_HINT}"
-            ) from None
-        raise PipelineError(f"{exc}: {SOURCE_HINT}") from None
-    digest = sha256_file(archive)
-    if cfg.sha256 and digest != cfg.sha256:
+            raise PipelineError(f"{exc} (it was downloaded from {source.location}; deleted)") from None
+        raise
+    if cfg.sha256 and checked.sha256 != cfg.sha256:
         fix = f"delete {archive} to download it again" if downloaded else "use an intact copy"
         raise PipelineError(
-            f"sha256 mismatch for {archive}: expected {cfg.sha256}, got {digest}; {fix}, "
+            f"sha256 mismatch for {archive}: expected {cfg.sha256}, got {checked.sha256}; {fix}, "
             f"or fix data.sha256 in params.yaml if the expected value is wrong"
         )
-    return digest, archive.stat().st_size
+    return checked
 
 
 def _copy_dataset_folder(folder: Path, staged: Path) -> int:
