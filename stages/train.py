@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.core.config import from_mapping, load_section, read_params
+from pipeline.core.config import from_mapping, load_section, read_params, read_variants
 from pipeline.core.entry import run_main
 from pipeline.core.errors import PipelineError
 from pipeline.cyclegan.config import TrainConfig
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         cfg = load_section(args.params, "train", TrainConfig)
-        variants = read_params(args.params).get("variants") or {}
+        variants = read_variants(read_params(args.params), args.params)
         if args.variant not in variants:
             known = ", ".join(variants) or "none"
             raise PipelineError(

@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlparse
 from PIL import Image, UnidentifiedImageError
 
 from pipeline import __version__
+from pipeline.core.config import check_range
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import publish_dir, staging_dir
 from pipeline.core.progress import progress
@@ -65,10 +66,8 @@ class DataConfig:
             self.sha256 = self.sha256.strip().lower()
             if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
                 raise ValueError(f"sha256 must be 64 hex digits or null, got {self.sha256!r}")
-        if self.retries < 0:
-            raise ValueError(f"retries must be >= 0, got {self.retries}")
-        if self.timeout_s <= 0 or self.backoff_s < 0:
-            raise ValueError("timeout_s must be > 0 and backoff_s >= 0")
+        check_range(self, ("retries", "backoff_s"), ge=0)
+        check_range(self, "timeout_s", gt=0)
         if not self.expected_counts or any(n < 1 for n in self.expected_counts.values()):
             raise ValueError(
                 f"expected_counts must map each split to a positive count, got {self.expected_counts}"

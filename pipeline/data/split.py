@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from pipeline.core.config import check_range
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import publish_dir, staging_dir, write_json
 from pipeline.core.progress import progress
@@ -41,12 +42,10 @@ class SplitConfig:
     workers: int = 2
 
     def __post_init__(self) -> None:
-        if self.load_size < self.test_size:
-            raise ValueError(f"load_size ({self.load_size}) must be >= test_size ({self.test_size})")
-        if self.test_size < 16:
-            raise ValueError(f"test_size must be at least 16, got {self.test_size}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        check_range(self, "seed", ge=0)
+        check_range(self, "test_size", ge=16)
+        check_range(self, "load_size", ge=self.test_size)
+        check_range(self, "workers", ge=1)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.core.config import check_range
 from pipeline.core.device import resolve_device
 from pipeline.core.fileio import save_torch
 from pipeline.core.images import hwc_to_model, read_mask, read_rgb
@@ -73,15 +74,12 @@ class JudgeConfig:
     eval_batch_size: int = 50  # images per forward pass when scoring
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "epochs", "batch_size", "width", "checkpoint_every", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_images is not None and self.max_images < 1:
-            raise ValueError(f"max_images must be >= 1 or null, got {self.max_images}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        check_range(self, "seed", ge=0)
+        sizes = ("image_size", "epochs", "batch_size", "width", "checkpoint_every", "eval_batch_size")
+        check_range(self, (*sizes, "max_images"), ge=1)  # max_images: or null
+        check_range(self, "lr", gt=0)
+        check_range(self, "weight_decay", ge=0)
+        check_range(self, "warmup_fraction", ge=0, lt=1)
 
 
 def load_pairs(

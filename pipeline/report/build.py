@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.core.config import check_range
 from pipeline.core.fileio import publish_entries, staging_dir
 from pipeline.report import figures
 from pipeline.report.paper import PAPER_SOURCE
@@ -41,6 +42,7 @@ class ReportConfig:
     sample_ids: list[str] = field(default_factory=list)  # ...unless listed here
 
     def __post_init__(self) -> None:
+        check_range(self, "n_samples", ge=0)
         if self.n_samples < 1 and not self.sample_ids:
             raise ValueError(f"n_samples must be >= 1 (or list sample_ids), got {self.n_samples}")
 

@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from pipeline.core.config import check_range
 from pipeline.core.device import resolve_device
 from pipeline.core.directions import DIRECTIONS
 from pipeline.core.errors import PipelineError
@@ -47,10 +48,8 @@ class EvaluateConfig:
     fid: FidConfig = field(default_factory=FidConfig)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.log_samples < 0:
-            raise ValueError(f"log_samples must be >= 0, got {self.log_samples}")
+        check_range(self, "batch_size", ge=1)
+        check_range(self, "log_samples", ge=0)
 
 
 @dataclass(frozen=True)

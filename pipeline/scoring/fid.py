@@ -25,6 +25,7 @@ from pytorch_fid import inception as fid_inception
 from pytorch_fid.fid_score import calculate_frechet_distance, get_activations
 from pytorch_fid.inception import InceptionV3
 
+from pipeline.core.config import check_range
 from pipeline.core.device import resolve_device
 from pipeline.core.errors import PipelineError
 from pipeline.core.progress import progress
@@ -47,8 +48,7 @@ class FidConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_range(self, "batch_size", ge=1)
 
 
 @dataclass

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as nnf
 from PIL import Image
 
+from pipeline.core.config import check_range
 from pipeline.core.device import resolve_device
 from pipeline.core.directions import DIRECTIONS, Direction
 from pipeline.core.errors import PipelineError
@@ -44,8 +45,7 @@ class TranslateConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_range(self, "batch_size", ge=1)
 
 
 def load_translator(checkpoint: str | os.PathLike, device: torch.device) -> LoadedGenerators:

@@ -204,6 +204,21 @@ def test_stage_rejects_unknown_variant(split_dir, tmp_path, capsys):
     assert code == 1 and "variant 'nope' is not in" in capsys.readouterr().err
 
 
+def test_params_are_refused_before_any_data_or_tracking(tmp_path, capsys, monkeypatch):
+    # Neither the split nor the store exists: the first complaint must be the params.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    params = tmp_path / "params.yaml"
+    args = ["--params", str(params), "--split", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m")]
+    write_params(params, dataclasses.replace(TINY, beta1=0.5), {"cyclegan": LossSwitches()})
+    params.write_text(params.read_text().replace("beta1: 0.5", "beta1: 1.0"))
+    assert train_main([*args, "--variant", "cyclegan"]) == 1
+    assert capsys.readouterr().err == "error: train.beta1 must be in [0, 1), got 1.0\n"
+    write_params(params, TINY, {"cyclegan": LossSwitches(), "gan;rm -rf x": LossSwitches()})
+    assert train_main([*args, "--variant", "cyclegan"]) == 1
+    assert "variant name 'gan;rm -rf x'" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
 def test_checkpoint_records_the_resolved_config(split_dir, tmp_path):
     gan_only = LossSwitches(cycle_forward=False, cycle_backward=False)
     cfg = dataclasses.replace(TINY, max_steps=1)

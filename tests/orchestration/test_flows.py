@@ -90,6 +90,16 @@ def test_bad_override_fails_before_touching_params(project: Path):
     assert sorted(p.name for p in project.iterdir()) == ["dvc.yaml", "params.yaml"]  # no scratch, no backup
 
 
+def test_a_variant_name_that_is_not_a_plain_word_is_refused(project: Path):
+    params = project / "params.yaml"
+    with pytest.raises(PipelineError, match=r"variant name 'x-y' .* must match \^\[A-Za-z0-9_\]\+\$"):
+        apply_params_overrides(params, ["++variants.x-y={adversarial:true}"])
+    assert params.read_text() == PARAMS
+    params.write_text(PARAMS.replace("  c: {adversarial: true}", "  c$(id): {adversarial: true}"))
+    with pytest.raises(PipelineError, match=r"variant name 'c\$\(id\)'"):
+        apply_params_overrides(params, ["train.max_steps=5"])
+
+
 def test_variant_selection_is_an_override(project: Path):
     change = apply_params_overrides(project / "params.yaml", [], variants=["c", "a"])
     assert change.overrides == ["~variants.b"]
