@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from pipeline.core.errors import PipelineError
 
 
 def _umask() -> int:
@@ -50,8 +53,32 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write `data` as indented JSON, atomically; NaN/inf are refused rather than written as invalid JSON."""
+    """Write `data` as indented JSON, atomically.
+
+    NaN and inf are not JSON, and a metric that is NaN is a diverged model or an empty average, not a
+    score: either is a `PipelineError` naming the keys, and the previous file stays as it was.
+    """
+    bad = _non_finite(data)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise PipelineError(
+            f"refusing to write {path}: {shown} {'is' if len(bad) == 1 else 'are'} not a finite number "
+            "(a model that diverged, or a mean over nothing); the previous file is kept"
+        )
     atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def _non_finite(data: Any, where: str = "") -> list[str]:
+    """The keys (dotted, with [i] for list items) of every NaN or inf float in `data`."""
+    if isinstance(data, float):
+        return [] if math.isfinite(data) else [f"{where or 'the value'} ({data})"]
+    if isinstance(data, dict):
+        return [
+            bad for key, value in data.items() for bad in _non_finite(value, f"{where}.{key}".lstrip("."))
+        ]
+    if isinstance(data, (list, tuple)):
+        return [bad for index, value in enumerate(data) for bad in _non_finite(value, f"{where}[{index}]")]
+    return []
 
 
 def _staging_prefix(out_dir: Path) -> str:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from pipeline.core.config import check_range
 from pipeline.core.device import resolve_device
+from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import save_torch
 from pipeline.core.images import hwc_to_model, read_mask, read_rgb
 from pipeline.core.progress import progress
@@ -44,6 +45,7 @@ from pipeline.judge.scoring import (
     FORMAT,
     KIND,
     Judge,
+    check_finite_weights,
     judge_confusion,
     paired_paths,
     read_judge_checkpoint,
@@ -179,6 +181,7 @@ def train_judge(split_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: J
     }
     previous = _resume_state(path, identity)
     if previous is not None:
+        check_finite_weights(previous["net"], path)
         net.load_state_dict(previous["net"])
         optimizer.load_state_dict(previous["optimizer"])
         state.update({k: previous[k] for k in ("step", "finished", "history", "epoch_loss_sum")})
@@ -241,19 +244,27 @@ def _train(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total, cfg)
             loss = F.cross_entropy(net(real), target, ignore_index=VOID)
+            value = loss.item()
+            if not math.isfinite(value):
+                # Before the step: neither the weights nor the checkpoint ever hold the diverged state,
+                # and an unfinished checkpoint cannot be scored with (`load_judge`).
+                raise PipelineError(
+                    f"judge: loss_ce (cross-entropy) is {value} at step {step + 1} of {total}: training "
+                    f"diverged; lower judge.lr (training then starts over) or check the evaluator data"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
             state["step"] = step + 1
-            state["epoch_loss_sum"] += loss.item()
+            state["epoch_loss_sum"] += value
             if state["step"] % steps_per_epoch == 0 or state["step"] == total:
                 steps_in_epoch = state["step"] - epoch * steps_per_epoch
                 state["history"].append({"epoch": epoch, "loss": state["epoch_loss_sum"] / steps_in_epoch})
                 state["epoch_loss_sum"] = 0.0
             state["finished"] = state["step"] == total
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+            bar.set_postfix(loss=f"{value:.3f}", epoch=epoch)
             if state["finished"] or state["step"] % cfg.checkpoint_every == 0 or stop:
                 checkpoint()
             if stop and not state["finished"]:
