@@ -32,6 +32,18 @@ def derive_seed(seed: int, purpose: str) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
+def seed_global_generators(seed: int) -> None:
+    """Seed torch's global generators (CPU and every CUDA device) for `seed`, like any other purpose.
+
+    The pipeline's own draws go through `seeded` generators, but torch draws from the global one
+    itself (each layer's default init when a network is built, before `init_weights` replaces it), and
+    checkpoints save the global states. This torch build seeds its default generator from the OS at
+    start-up, so those saved states, and with them the checkpoint's bytes, differed between two
+    identical runs.
+    """
+    torch.manual_seed(derive_seed(seed, "global"))
+
+
 def seeded(seed: int, purpose: str) -> torch.Generator:
     """A CPU generator seeded for `purpose`: one seed gives the same draws on every device."""
     return torch.Generator().manual_seed(derive_seed(seed, purpose))

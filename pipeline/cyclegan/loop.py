@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from pipeline.core.config import to_flat_dict
-from pipeline.core.device import resolve_device, seeded
+from pipeline.core.device import resolve_device, seed_global_generators, seeded
 from pipeline.core.images import to_model_range
 from pipeline.core.progress import progress
 from pipeline.core.signals import Interrupted, StopRequest, stop_requests
@@ -120,6 +120,7 @@ def train_variant(
             torch.set_num_threads(cfg.num_threads)
         if parallel is not None and cfg.cuda_graphs and device.type == "cuda":
             say("cuda_graphs is off under DDP (the gradient all-reduce is not captured); compile applies")
+        seed_global_generators(cfg.seed)  # a resumed run then restores the checkpoint's states
         domains = load_training_domains(split_dir, cfg.load_size, cfg.max_images)
         sampler = UnpairedSampler(domains, cfg.crop_size, cfg.batch_size, seeded(cfg.seed, "data"), cfg.flip)
         trainer = build_trainer(switches, cfg, device, parallel)

@@ -163,6 +163,34 @@ def test_nan_loss_stops_naming_step_and_term(split_dir, tmp_path, monkeypatch):
 # --- resume: real processes, real signals -----------------------------------------------------------
 
 
+def assert_same_checkpoint(a: object, b: object, where: str = "checkpoint") -> None:
+    """Every entry equal, tensors bit for bit (the MLflow run id aside: each run has its own)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            if key != "mlflow_run_id":
+                assert_same_checkpoint(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        assert len(a) == len(b), where
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_checkpoint(x, y, f"{where}[{index}]")
+    elif torch.is_tensor(a):
+        assert torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def test_two_identical_runs_give_identical_checkpoints_rng_states_included(split_dir, tmp_path):
+    cfg = dataclasses.replace(TINY, max_steps=12)
+    params = write_params(tmp_path / "params.yaml", cfg, {"cyclegan": LossSwitches()})
+    common = ["--params", str(params), "--variant", "cyclegan", "--split", str(split_dir)]
+    for name in ("a", "b"):  # separate processes: each starts torch afresh
+        child = run_child(10**6, signal.SIGTERM, [*common, "--out", str(tmp_path / name)])
+        assert child.returncode == 0, child.stderr
+    first, second = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("a", "b"))
+    assert_same_checkpoint(first, second)
+
+
 def test_resume_after_sigkill_is_bit_identical(split_dir, tmp_path):
     cfg = dataclasses.replace(TINY, max_steps=20)
     params = write_params(tmp_path / "params.yaml", cfg, {"cyclegan": LossSwitches()})
@@ -183,6 +211,10 @@ def test_resume_after_sigkill_is_bit_identical(split_dir, tmp_path):
     resumed, reference = weights(killed / "checkpoint.pt"), weights(straight / "checkpoint.pt")
     assert resumed.keys() == reference.keys()
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    # ...and so is everything else: optimisers, pools, sampler, the saved RNG states, the history.
+    assert_same_checkpoint(
+        load_checkpoint(killed / "checkpoint.pt"), load_checkpoint(straight / "checkpoint.pt")
+    )
     assert load_checkpoint(killed / "checkpoint.pt")["mlflow_run_id"] == state["mlflow_run_id"]
 
 
