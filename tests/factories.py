@@ -227,11 +227,42 @@ sys.exit(stage.main(sys.argv[3:]))
 
 
 def run_child(kill_at: int, signum: int, stage_args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return run_script(CHILD, [str(kill_at), str(int(signum)), *stage_args])
+
+
+# Runs the train stage in a real process that SIGKILLs itself halfway through its `save_at`-th torch.save.
+KILLED_IN_SAVE = """
+import os, signal, sys
+import torch
+import stages.train as stage
+
+save_at, calls, real_save = int(sys.argv[1]), [0], torch.save
+
+def save(obj, handle, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] == save_at:
+        handle.write(b"the first bytes of a checkpoint")
+        handle.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, handle, *args, **kwargs)
+
+torch.save = save
+sys.exit(stage.main(sys.argv[2:]))
+"""
+
+
+def run_killed_in_save(save_at: int, stage_args: list[str]) -> subprocess.CompletedProcess:
+    return run_script(KILLED_IN_SAVE, [str(save_at), *stage_args])
+
+
+def run_script(
+    script: str, args: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python -c script args...` in the repository root, with its output captured."""
     return subprocess.run(
-        [sys.executable, "-c", CHILD, str(kill_at), str(int(signum)), *stage_args],
+        [sys.executable, "-c", script, *args],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         capture_output=True,
         text=True,
         timeout=120,

@@ -3,14 +3,12 @@
 `translate_val` is the DVC stage's work: every val photo through G and every val label map through F,
 saved as PNG (JPEG artefacts would change the scores) under the val ids. `translate_folder` is the
 user-facing `cyclegan translate`: any folder of images, either direction, optional resize.
-Both write into a temporary folder beside the output and move it into place when complete.
+Both write into a staging folder and move the results into place only when all are complete.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,7 @@ from pipeline.core.config import check_range
 from pipeline.core.device import resolve_device
 from pipeline.core.directions import DIRECTIONS, Direction
 from pipeline.core.errors import PipelineError
-from pipeline.core.fileio import publish_dir, staging_dir
+from pipeline.core.fileio import publish_dir, publish_entries, staging_dir
 from pipeline.core.images import list_images as _list_images
 from pipeline.core.images import read_rgb, resize_to, save_png, stack_to_model, to_uint8
 from pipeline.core.progress import progress
@@ -34,6 +32,7 @@ from pipeline.data.manifest import read_manifest
 
 # The generator halves the resolution twice: sides must be multiples of 4 (others are padded, then cropped).
 SIDE_MULTIPLE = 4
+STAGING_NAME = "cyclegan-translate"  # `cyclegan translate` stages in OUTPUT/.cyclegan-translate-staging-*
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif"})
 
 
@@ -206,13 +205,10 @@ def translate_folder(
     torch_device = resolve_device(device, "--device")
     nets = load_translator(checkpoint, torch_device)
     net = nets.generator(direction)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".translate-", dir=output_dir))
-    try:
+    # Staged inside the output folder (the user's folder may sit in one they cannot write to), as
+    # .cyclegan-translate-staging-*: a killed run's is removed by the next run into the same folder.
+    with staging_dir(output_dir / STAGING_NAME) as tmp:
         jobs = [(path, tmp / f"{path.stem}.png") for path in files]
         written = _translate_files(net, jobs, torch_device, batch_size, size, direction)
-        for _, target in jobs:
-            os.replace(target, output_dir / target.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        publish_entries(tmp, output_dir)
     return written

@@ -19,7 +19,7 @@ from pipeline.data.domains import UnpairedSampler, load_domain, load_training_do
 from pipeline.data.labels import colorize
 from stages.train import main as train_main
 from tests.factories import TINY_TRAIN as TINY
-from tests.factories import make_split, poison_loss, run_child, weights, write_params
+from tests.factories import make_split, poison_loss, run_child, run_killed_in_save, weights, write_params
 
 pytestmark = pytest.mark.usefixtures("private_tracking_store")
 
@@ -216,6 +216,23 @@ def test_resume_after_sigkill_is_bit_identical(split_dir, tmp_path):
         load_checkpoint(killed / "checkpoint.pt"), load_checkpoint(straight / "checkpoint.pt")
     )
     assert load_checkpoint(killed / "checkpoint.pt")["mlflow_run_id"] == state["mlflow_run_id"]
+
+
+def test_a_kill_during_torch_save_leaves_nothing_inside_the_output_folder(split_dir, tmp_path):
+    cfg = dataclasses.replace(TINY, max_steps=20)
+    params = write_params(tmp_path / "params.yaml", cfg, {"cyclegan": LossSwitches()})
+    out = tmp_path / "models" / "cyclegan"
+    args = ["--params", str(params), "--variant", "cyclegan", "--split", str(split_dir), "--out", str(out)]
+    child = run_killed_in_save(2, args)  # the step-10 checkpoint is saved, the final one is not
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert [p.name for p in out.iterdir()] == ["checkpoint.pt"]  # what DVC would cache: no temp file
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 10
+    assert len(list((tmp_path / "models").glob(".cyclegan.checkpoint.pt.*.tmp"))) == 1  # the half save
+
+    assert train_main(args) == 0
+    assert load_checkpoint(out / "checkpoint.pt")["finished"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["cyclegan"]  # swept
+    assert [p.name for p in out.iterdir()] == ["checkpoint.pt"]
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_143(split_dir, tmp_path):

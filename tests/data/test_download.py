@@ -349,6 +349,14 @@ def test_env_var_overrides_source(tmp_path, pix2pix_archive, monkeypatch):
     assert download(cfg, tmp_path / "data" / "raw")["source"] == str(pix2pix_archive)
 
 
+def test_staging_folders_of_a_killed_run_are_removed(tmp_path, pix2pix_archive):
+    out = populated_out(tmp_path)
+    for stale in (".raw-staging-k1lled", ".raw-staging-k1lled-old-x"):
+        (out.parent / stale / "cityscapes").mkdir(parents=True)
+    download(tiny_cfg(pix2pix_archive), out)
+    assert list(out.parent.iterdir()) == [out]
+
+
 def test_missing_local_source(tmp_path):
     with pytest.raises(PipelineError, match="does not exist"):
         download(tiny_cfg(tmp_path / "nope.tar.gz"), tmp_path / "data" / "raw")
