@@ -9,7 +9,7 @@ whole message through `redact_text`); only the code that connects uses the real 
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 HIDDEN = "***"
 # scheme://rest-of-the-url, up to whitespace or a character that ends a URL in prose or repr().
@@ -28,11 +28,11 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:  # e.g. an unbalanced IPv6 bracket: show nothing after the scheme
         return f"{url.split('://', 1)[0]}://{HIDDEN}"
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = f"{HIDDEN}@{netloc.rsplit('@', 1)[1]}"
-    query = HIDDEN if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    if "@" not in parts.netloc and not parts.query and not parts.fragment:
+        return url
+    netloc = f"{HIDDEN}@{parts.netloc.rsplit('@', 1)[1]}" if "@" in parts.netloc else parts.netloc
+    # Put together by hand: urlunsplit would turn sqlite:////abs/path into sqlite://abs/path.
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{HIDDEN}" if parts.query else "")
 
 
 def redact_text(text: str) -> str:

@@ -42,6 +42,7 @@ from pipeline.core.device import resolve_device, seed_global_generators, seeded
 from pipeline.core.images import to_model_range
 from pipeline.core.progress import progress
 from pipeline.core.signals import Interrupted, StopRequest, stop_requests
+from pipeline.core.urls import redact_url
 from pipeline.cyclegan import distributed
 from pipeline.cyclegan.checkpoint import CHECKPOINT_NAME, FORMAT, save_checkpoint
 from pipeline.cyclegan.config import TrainConfig, target_steps
@@ -223,10 +224,8 @@ class TrainingLoop:
         if self.run_id is not None and tracking.reopen_run(self.run_id):
             return
         if self.run_id is not None:
-            _say(
-                self.variant,
-                f"MLflow run {self.run_id} is gone from {tracking.tracking_uri()}: starting a new one",
-            )
+            store = redact_url(tracking.tracking_uri())
+            _say(self.variant, f"MLflow run {self.run_id} is gone from {store}: starting a new one")
         parent = tracking.parent_run_id(self.cfg.experiment, ablation_key(self.data, self.cfg))
         params = to_flat_dict(self.cfg, "train.")
         params.update(to_flat_dict(self.switches, "variant."))

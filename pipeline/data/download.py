@@ -29,6 +29,7 @@ from pipeline.core.config import check_range
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import publish_dir, staging_dir
 from pipeline.core.progress import progress
+from pipeline.core.urls import redact_url
 from pipeline.data.archive import (
     DATASET_FOLDER,
     SOURCE_HINT,
@@ -84,6 +85,11 @@ class Source:
     location: str  # the URL, or the absolute local path
     kind: SourceKind
 
+    @property
+    def shown(self) -> str:
+        """`location` as messages and provenance.json may show it: credentials and query redacted."""
+        return redact_url(self.location)
+
 
 def resolve_source(cfg: DataConfig) -> Source:
     """Pick the data source: `CYCLEGAN_DATA_SOURCE` if set and non-empty, else `data.source`.
@@ -101,7 +107,7 @@ def resolve_source(cfg: DataConfig) -> Source:
         raw = unquote(urlparse(raw).path)
     elif scheme and len(scheme) > 1:  # one letter is a Windows drive, not a scheme
         raise PipelineError(
-            f"{origin} {raw!r} uses unsupported scheme {scheme}://: use http(s), or a local path"
+            f"{origin} {redact_url(raw)!r} uses unsupported scheme {scheme}://: use http(s), or a local path"
         )
     path = (Path.cwd() / Path(raw).expanduser()).resolve()
     if path.is_dir():
@@ -140,9 +146,9 @@ def _stage(cfg: DataConfig, source: Source, scratch: Path, staged: Path) -> dict
         checked = _checked_archive(archive, source, cfg)
         digest, size = checked.sha256, archive.stat().st_size
         extract_archive(checked, staged)
-    counts = check_layout(staged, cfg.expected_counts, cfg.image_size, source.location)
+    counts = check_layout(staged, cfg.expected_counts, cfg.image_size, source.shown)
     provenance = {
-        "source": source.location,
+        "source": source.shown,
         "source_kind": source.kind,
         "sha256": digest,
         "bytes": size,
@@ -164,7 +170,7 @@ def _checked_archive(archive: Path, source: Source, cfg: DataConfig) -> CheckedA
     except PipelineError as exc:
         if downloaded:  # garbage in the cache would be reused forever: drop it
             archive.unlink(missing_ok=True)
-            raise PipelineError(f"{exc} (it was downloaded from {source.location}; deleted)") from None
+            raise PipelineError(f"{exc} (it was downloaded from {source.shown}; deleted)") from None
         raise
     if cfg.sha256 and checked.sha256 != cfg.sha256:
         fix = f"delete {archive} to download it again" if downloaded else "use an intact copy"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from prefect.tasks import exponential_backoff
 from pipeline.core.config import PROJECT_ROOT
 from pipeline.core.errors import PipelineError
 from pipeline.core.project import stage_output_md5
+from pipeline.core.urls import redact_text, redact_url
 from pipeline.orchestration import tracking
 from pipeline.orchestration.dvc import StageRunner, dvc_command
 from pipeline.orchestration.overrides import (
@@ -147,10 +149,11 @@ def _markdown_summary(
 ) -> str:
     lines = ["# CycleGAN ablation", "", "| variant | result |", "|---|---|"]
     lines += [f"| `{name}` | {outcome} |" for name, outcome in outcomes.items()]
-    lines += ["", f"Report: {report}", "", f"MLflow parent run `{parent.run_id}` in `{parent.uri}`.", ""]
+    store = redact_url(parent.uri)
+    lines += ["", f"Report: {report}", "", f"MLflow parent run `{parent.run_id}` in `{store}`.", ""]
     if change.overrides:
         lines += ["## Parameter overrides", ""]
-        lines += [f"- `{item}`" for item in change.overrides]
+        lines += [f"- `{redact_text(item)}`" for item in change.overrides]
         if change.changed:
             lines += [
                 "",
@@ -237,13 +240,13 @@ def run_ablation(
         logger.warning(
             "params.yaml overrides applied (as `dvc exp run -S` does): %s. params.yaml keeps them so that "
             "dvc.lock matches the outputs; the file as found is saved in %s (restore: cp %s %s)",
-            " ".join(change.overrides),
+            redact_text(" ".join(change.overrides)),
             change.backup,
             BACKUP_NAME,
             PARAMS_NAME,
         )
     elif change.overrides:
-        logger.info("params.yaml already holds the overrides %s", " ".join(change.overrides))
+        logger.info("params.yaml already holds the overrides %s", redact_text(" ".join(change.overrides)))
     logger.info("variants: %s", ", ".join(change.variants))
 
     slots = ensure_concurrency_limit(GPU_TAG, gpu_slots)
@@ -253,7 +256,9 @@ def run_ablation(
     experiment = (change.after.get("train") or {}).get("experiment") or "cyclegan-ablation"
     key = ablation_key or run_info["id"] or "local"
     parent = open_parent_run(project, experiment, key, f"ablation-{run_info['name'] or key[:8]}")
-    logger.info("MLflow parent run %s (experiment %r) in %s", parent.run_id, experiment, parent.uri)
+    logger.info(
+        "MLflow parent run %s (experiment %r) in %s", parent.run_id, experiment, redact_url(parent.uri)
+    )
     parent.tag(
         {
             PREFECT_RUN_TAG: run_info["id"],
@@ -264,10 +269,13 @@ def run_ablation(
             **git_state(project),
         }
     )
-    parent.params({"overrides": json.dumps(change.overrides), "variants": ",".join(change.variants)})
-    parent.artifact(params_path, "params")
-    if change.backup is not None:
-        parent.artifact(change.backup, "params")
+    parent.params(
+        {"overrides": redact_text(json.dumps(change.overrides)), "variants": ",".join(change.variants)}
+    )
+    with tempfile.TemporaryDirectory() as tmp:  # the params files as MLflow may keep them: URLs redacted
+        for path in filter(None, (params_path, change.backup)):
+            (Path(tmp) / path.name).write_text(redact_text(path.read_text()))
+            parent.artifact(Path(tmp) / path.name, "params")
 
     env = stage_env(parent)
     outcomes: dict[str, str] = {name: "not run" for name in change.variants}

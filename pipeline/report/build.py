@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pipeline.core.config import check_range
 from pipeline.core.fileio import publish_entries, staging_dir
+from pipeline.core.urls import redact_text
 from pipeline.report import figures
 from pipeline.report.paper import PAPER_SOURCE
 from pipeline.report.tables import (
@@ -94,7 +95,9 @@ def attach_to_parent_run(variant_metrics: dict[str, dict], out_dir: Path) -> str
         log_artifacts(parent, out_dir, artifact_path="report")
         return parent
     except Exception as exc:  # tracking is a record; the report files are the result
-        warnings.warn(f"report not attached to MLflow ({type(exc).__name__}: {exc})", stacklevel=2)
+        warnings.warn(
+            f"report not attached to MLflow ({type(exc).__name__}: {redact_text(str(exc))})", stacklevel=2
+        )
         return None
 
 

@@ -30,6 +30,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import write_json
 from pipeline.core.images import read_mask, read_rgb, resize_to
 from pipeline.core.progress import progress
+from pipeline.core.urls import redact_text
 from pipeline.cyclegan.checkpoint import load_checkpoint
 from pipeline.data.labels import CLASS_NAMES, NUM_CLASSES, decode_label_map
 from pipeline.data.manifest import image_id_key, read_manifest
@@ -227,7 +228,8 @@ def run_evaluation(
         log_to_run(run_id, metrics, out_json, Path(translations_dir), cfg.log_samples, step)
     except Exception as exc:  # an unreachable store must not lose the scores
         warnings.warn(
-            f"scores not logged to MLflow run {run_id} ({type(exc).__name__}: {exc}); they are in {out_json}",
+            f"scores not logged to MLflow run {run_id} ({type(exc).__name__}: {redact_text(str(exc))}); "
+            f"they are in {out_json}",
             stacklevel=2,
         )
     return metrics

@@ -240,6 +240,41 @@ def test_flow_runs_stages_in_order_and_records_the_parent(project, prefect_api, 
         assert client.read_concurrency_limit_by_tag("gpu").concurrency_limit == 8
 
 
+def test_credentials_in_overrides_reach_neither_mlflow_nor_prefect(
+    project, prefect_api, mlflow_store, recorder, tmp_path
+):
+    import mlflow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.logging.handlers import APILogWorker
+
+    override = "data.source='http://alice:s3cret@example.invalid/c.tar.gz?token=abc'"
+    state = ablation_with_recorder(["a"], [override], str(project), return_state=True)
+    assert state.is_completed(), state.message
+    flow_run_id = state.state_details.flow_run_id
+    parent = _parent(mlflow_store, flow_run_id)
+    assert "***@example.invalid/c.tar.gz?***" in parent.data.params["overrides"]
+    artifacts = Path(
+        mlflow.MlflowClient(mlflow_store).download_artifacts(parent.info.run_id, "params", str(tmp_path))
+    )
+    recorded = [parent.data.params["overrides"], *(p.read_text() for p in artifacts.iterdir())]
+
+    APILogWorker.drain_all(timeout=10)  # the run's log lines reach the API in batches
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        notes = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    recorded += [log.message for log in logs] + [str(note.data) for note in notes]
+    assert any("***@example.invalid" in text for text in recorded[2:])  # the override was logged...
+    assert not [text for text in recorded if "s3cret" in text or "token=abc" in text]  # ...redacted
+
+
 def test_gpu_limit_is_created_once_and_then_left_to_the_team(prefect_api):
     assert ensure_concurrency_limit("gpu-e", None) == max(1, visible_gpus())  # created
     assert ensure_concurrency_limit("gpu-e", 3) == 3  # explicit: set
