@@ -169,6 +169,24 @@ def list_images(input_dir: Path) -> list[Path]:
     return files
 
 
+def _check_output_folder(output_dir: Path, names: list[str]) -> None:
+    """Refuse, before any work, an output folder that is a file or cannot be written, and outputs
+    that would replace a folder."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise PipelineError(f"output folder {output_dir} is a file: choose a folder (it is made if missing)")
+    existing = next(folder for folder in (output_dir, *output_dir.parents) if folder.exists())
+    if not existing.is_dir():
+        raise PipelineError(f"cannot make output folder {output_dir}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+        why = "it is on a read-only file system" if read_only else "permission denied"
+        raise PipelineError(f"cannot write into {existing} ({why}): choose an output folder you can write to")
+    for name in names:
+        target = output_dir / name
+        if target.exists() and not target.is_file():
+            raise PipelineError(f"{target} exists and is not a file: move it away, or choose another folder")
+
+
 def translate_folder(
     checkpoint: str | os.PathLike,
     input_dir: str | os.PathLike,
@@ -181,8 +199,11 @@ def translate_folder(
     """Translate every image in `input_dir` with the checkpoint's G (photo2label) or F (label2photo).
 
     Writes ``output_dir/<stem>.png`` for each input (PNG whatever the input format), optionally
-    resizing inputs to ``size x size`` first; returns the number written. Files already in
-    `output_dir` are kept unless overwritten; the new ones appear only once all are done.
+    resizing inputs to ``size x size`` first; returns the number written. Inputs are read as
+    `pipeline.core.images.to_rgb` says (EXIF orientation, 16-bit, palette, alpha). Files already in
+    `output_dir` are kept unless overwritten; the new ones appear only once all are done, all
+    together. An output path that is a file, a folder that cannot be written, an unknown device or an
+    unreadable image is a `PipelineError`, and then nothing is written.
     """
     if direction not in DIRECTIONS:
         raise PipelineError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
@@ -202,6 +223,7 @@ def translate_folder(
                 f"{path.stem}.png: rename one"
             )
         stems[path.stem] = path
+    _check_output_folder(output_dir, [f"{stem}.png" for stem in stems])
     torch_device = resolve_device(device, "--device")
     nets = load_translator(checkpoint, torch_device)
     net = nets.generator(direction)
