@@ -255,6 +255,25 @@ def run_killed_in_save(save_at: int, stage_args: list[str]) -> subprocess.Comple
     return run_script(KILLED_IN_SAVE, [str(save_at), *stage_args])
 
 
+# Runs a stage's main (or the cyclegan command's) as on a disk that fills up: under a file size limit,
+# writes past `limit` bytes fail with EFBIG (SIGXFSZ, which would kill the process instead, is ignored).
+FILE_SIZE_LIMITED = """
+import importlib, resource, signal, sys
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit, module = int(sys.argv[1]), importlib.import_module(sys.argv[2])
+if sys.argv[2] == "stages.train":  # no MLflow store: its database alone is larger than the limit
+    real = module.train_variant
+    module.train_variant = lambda *a, **k: real(*a, **{**k, "track": False})
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+sys.exit(module.main(sys.argv[3:]))
+"""
+
+
+def run_file_size_limited(limit: int, module: str, args: list[str]) -> subprocess.CompletedProcess:
+    return run_script(FILE_SIZE_LIMITED, [str(limit), module, *args])
+
+
 def run_script(
     script: str, args: list[str], env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:

@@ -63,8 +63,13 @@ def atomic_file(
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs should read like any other file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        # A failed write (a full disk) names no file, and torch.save wraps it in a RuntimeError of its
+        # own: say which file could not be written, since the message is all the user gets.
+        failed = exc.__context__ if isinstance(exc, RuntimeError) else exc
+        if isinstance(failed, OSError) and failed.filename is None and failed.errno is not None:
+            raise OSError(failed.errno, failed.strerror, str(path)) from exc
         raise
 
 

@@ -19,7 +19,15 @@ from pipeline.data.domains import UnpairedSampler, load_domain, load_training_do
 from pipeline.data.labels import colorize
 from stages.train import main as train_main
 from tests.factories import TINY_TRAIN as TINY
-from tests.factories import make_split, poison_loss, run_child, run_killed_in_save, weights, write_params
+from tests.factories import (
+    make_split,
+    poison_loss,
+    run_child,
+    run_file_size_limited,
+    run_killed_in_save,
+    weights,
+    write_params,
+)
 
 pytestmark = pytest.mark.usefixtures("private_tracking_store")
 
@@ -233,6 +241,31 @@ def test_a_kill_during_torch_save_leaves_nothing_inside_the_output_folder(split_
     assert load_checkpoint(out / "checkpoint.pt")["finished"]
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["cyclegan"]  # swept
     assert [p.name for p in out.iterdir()] == ["checkpoint.pt"]
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(split_dir, tmp_path):
+    params = write_params(
+        tmp_path / "params.yaml", dataclasses.replace(TINY, max_steps=10), {"cyclegan": LossSwitches()}
+    )
+    out = tmp_path / "models" / "cyclegan"
+    args = ["--params", str(params), "--variant", "cyclegan", "--split", str(split_dir), "--out", str(out)]
+    assert train_main(args) == 0
+    previous = (out / "checkpoint.pt").read_bytes()
+    # max_steps does not invalidate the checkpoint: the run resumes at step 10, its save at 20 fails.
+    write_params(params, dataclasses.replace(TINY, max_steps=20), {"cyclegan": LossSwitches()})
+    child = run_file_size_limited(len(previous) // 2, "stages.train", args)
+    assert child.returncode == 1, child.stderr
+    assert "Traceback" not in child.stderr
+    last = child.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith("error: file too large")
+        and f"writing {out / 'checkpoint.pt'}: free some space" in last
+    )
+    assert (out / "checkpoint.pt").read_bytes() == previous  # the previous checkpoint, intact
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "models").rglob("*")) == [
+        "models/cyclegan",
+        "models/cyclegan/checkpoint.pt",
+    ]  # and no temp file anywhere
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_143(split_dir, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pipeline.orchestration.cli import build_parser, main
-from tests.factories import make_checkpoint
+from tests.factories import make_checkpoint, run_file_size_limited
 
 
 def _images(folder: Path, count: int = 3, size: int = 20) -> Path:
@@ -177,3 +177,25 @@ def test_translate_failures_are_one_line_and_write_nothing(tmp_path: Path, capsy
     assert len(errors) == 1 and err.rstrip().endswith(errors[0]) and expected in errors[0], err
     assert "Traceback" not in err
     assert (sorted(out.iterdir()) if out.is_dir() else out.read_bytes()) == before
+
+
+def test_translate_on_a_full_disk_is_one_line_and_leaves_the_folder_as_it_was(tmp_path: Path):
+    inputs = _images(tmp_path / "in", count=3)
+    checkpoint = make_checkpoint(tmp_path / "checkpoint.pt")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "0.png").write_bytes(b"an earlier translation")
+    argv = [
+        "translate",
+        str(checkpoint),
+        str(inputs),
+        str(out),
+        "--direction",
+        "photo2label",
+        "--device",
+        "cpu",
+    ]
+    child = run_file_size_limited(400, "pipeline.orchestration.cli", argv)  # each PNG is over 1 kB
+    assert child.returncode == 1 and "Traceback" not in child.stderr, child.stderr
+    assert child.stderr.strip().splitlines()[-1].startswith("error: file too large")
+    assert [(p.name, p.read_bytes()) for p in out.iterdir()] == [("0.png", b"an earlier translation")]
