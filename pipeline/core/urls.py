@@ -37,4 +37,10 @@ def redact_url(url: str) -> str:
 
 def redact_text(text: str) -> str:
     """`text` with every URL in it passed through `redact_url` (for messages that quote a URL)."""
-    return _URL_IN_TEXT.sub(lambda match: redact_url(match[0]), text)
+
+    def redact(match: re.Match) -> str:
+        # Punctuation right after a URL belongs to the sentence ("... (store: http://h/?q=1)").
+        url = match[0].rstrip(").,;:!?]}")
+        return redact_url(url) + match[0][len(url) :]
+
+    return _URL_IN_TEXT.sub(redact, text)

@@ -188,7 +188,7 @@ def _checked_member(info: tarfile.TarInfo, seen: set[str]) -> Member:
     if not info.isdir() and (len(parts) != 3 or "/".join(parts[:2]) not in _FOLDERS - {DATASET_FOLDER}):
         raise _Refused(name, f"it is not in {' or '.join(f'{DATASET_FOLDER}/{s}/' for s in SPLITS)}")
     if relative in seen:
-        raise _Refused(name, "it appears twice (a later copy would replace the one checked)")
+        raise _Refused(name, "it appears twice: a later copy would replace the one checked")
     seen.add(relative)
     return Member(name, info.type, info.size)
 

@@ -29,8 +29,8 @@ def test_redact_url(url, shown):
 
 
 def test_redact_text_finds_every_url_in_a_message():
-    message = "API request to http://a:b@h:5000/api/2.0/x?y=1 failed; see 'https://u:p@h2/p' (retry)"
+    message = "API request to http://a:b@h:5000/api/2.0/x?y=1 failed; see 'https://u:p@h2/p' (http://h3/?k=v)"
     assert (
         redact_text(message)
-        == "API request to http://***@h:5000/api/2.0/x?*** failed; see 'https://***@h2/p' (retry)"
+        == "API request to http://***@h:5000/api/2.0/x?*** failed; see 'https://***@h2/p' (http://h3/?***)"
     )
