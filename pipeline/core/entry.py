@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -72,6 +73,9 @@ def _describe_known(exc: BaseException) -> str | None:
         where = f" writing {exc.filename}" if exc.filename else ""
         what = _FULL.get(exc.errno, "file too large for this file system or the file size limit (ulimit -f)")
         return f"{what}{where}: {_FULL_HINT}"
+    if type(exc).__name__ == "OperationalError" and re.search(r"disk is full|disk I/O error", str(exc)):
+        # SQLite (the MLflow store) on a full disk, through sqlite3 or SQLAlchemy
+        return f"a database could not be written ({str(exc).splitlines()[0][:200]}): {_FULL_HINT}"
     if type(exc).__name__ == "DecompressionBombError":  # PIL's, by name: PIL need not be imported
         return (
             f"refused an image as a possible decompression bomb ({exc}); remove it, or shrink it if it "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,7 @@ def _unreachable() -> int:
             "no space left on device writing out/a.png",
         ),
         (_torch_save_on_a_full_disk, "file too large for this file system or the file size limit"),
+        (_raise(sqlite3.OperationalError("database or disk is full")), "a database could not be written"),
         (_raise(Image.DecompressionBombError("Image size (9e8 pixels) exceeds limit")), "decompression bomb"),
         (_unreachable, "cannot connect to http://***@127.0.0.1:9/api?*** (ConnectionError)"),
         (_raise(FileExistsError(errno.EEXIST, "File exists", "data/raw/x")), "data/raw/x already exists"),
