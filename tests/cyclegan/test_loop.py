@@ -25,6 +25,7 @@ from tests.factories import (
     run_child,
     run_file_size_limited,
     run_killed_in_save,
+    run_script,
     weights,
     write_params,
 )
@@ -188,12 +189,15 @@ def assert_same_checkpoint(a: object, b: object, where: str = "checkpoint") -> N
         assert a == b, where
 
 
+STAGE = "import sys, stages.train as stage; sys.exit(stage.main(sys.argv[1:]))"
+
+
 def test_two_identical_runs_give_identical_checkpoints_rng_states_included(split_dir, tmp_path):
     cfg = dataclasses.replace(TINY, max_steps=12)
     params = write_params(tmp_path / "params.yaml", cfg, {"cyclegan": LossSwitches()})
     common = ["--params", str(params), "--variant", "cyclegan", "--split", str(split_dir)]
     for name in ("a", "b"):  # separate processes: each starts torch afresh
-        child = run_child(10**6, signal.SIGTERM, [*common, "--out", str(tmp_path / name)])
+        child = run_script(STAGE, [*common, "--out", str(tmp_path / name)])
         assert child.returncode == 0, child.stderr
     first, second = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("a", "b"))
     assert_same_checkpoint(first, second)
