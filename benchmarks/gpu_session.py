@@ -235,7 +235,7 @@ def run_ablation(plan_path: Path) -> int:
     """Train the planned variants in order, in this one process; times into ablation_times.json."""
     import torch
 
-    from pipeline.core.config import from_mapping, read_params
+    from pipeline.core.config import from_mapping, read_params, read_variants
     from pipeline.cyclegan.config import TrainConfig
     from pipeline.cyclegan.loop import train_variant
     from pipeline.cyclegan.losses import LossSwitches
@@ -243,7 +243,7 @@ def run_ablation(plan_path: Path) -> int:
     plan = json.loads(plan_path.read_text())
     work = plan_path.parent
     cfg = TrainConfig(**plan["train"])
-    variants = read_params(PROJECT_ROOT / "params.yaml")["variants"]
+    variants = read_variants(read_params(PROJECT_ROOT / "params.yaml"))
     times: dict[str, float] = {}
     for name in VARIANT_ORDER:
         switches = from_mapping(LossSwitches, variants[name], f"variants.{name}")

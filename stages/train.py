@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from pipeline.core.config import from_mapping, load_section, read_params
+from pipeline.core.config import from_mapping, load_section, read_params, read_variants
 from pipeline.core.entry import run_main
 from pipeline.core.errors import PipelineError
 from pipeline.cyclegan.config import TrainConfig
@@ -21,7 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--variant", required=True, help="a key of the params' `variants:` section")
-    parser.add_argument("--seed", type=int, required=True, help="one of the params' `seeds:`")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="one of the params' `seeds:` (default: the first of them)"
+    )
     parser.add_argument(
         "--split", required=True, help="split folder (train_photo/, train_label/, manifest.csv)"
     )
@@ -37,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
             raise PipelineError(
                 f"{args.params}: train.seed is gone; list the training seeds in the top-level `seeds:`"
             )
-        cfg = dataclasses.replace(load_section(args.params, "train", TrainConfig), seed=args.seed)
-        variants = params.get("variants") or {}
+        seed = args.seed if args.seed is not None else (params.get("seeds") or [0])[0]
+        cfg = dataclasses.replace(load_section(args.params, "train", TrainConfig), seed=seed)
+        variants = read_variants(params, args.params)
         if args.variant not in variants:
             known = ", ".join(variants) or "none"
             raise PipelineError(

@@ -6,12 +6,15 @@ Never real Cityscapes images: every picture here is made from random numbers and
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -108,11 +111,44 @@ def make_pix2pix_tree(
     return root / "cityscapes"
 
 
-def make_archive(tree_parent: Path, archive: Path) -> Path:
-    """Pack ``tree_parent/cityscapes`` into a tar.gz at `archive` (sorted, like the shared copy)."""
-    with tarfile.open(archive, "w:gz") as tar:
+def make_bomb_image(path: Path, width: int = 30_000, height: int = 30_000) -> Path:
+    """A PNG whose header claims `width` x `height` pixels (PIL refuses it as a decompression bomb when
+    opening it, before decoding anything), in a few dozen bytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
+    return path
+
+
+def make_archive(tree_parent: Path, archive: Path, mode: str = "w:gz") -> Path:
+    """Pack ``tree_parent/cityscapes`` into a tar archive at `archive` (sorted, like the shared copy)."""
+    with tarfile.open(archive, mode) as tar:
         tar.add(tree_parent / "cityscapes", arcname="cityscapes")
     return archive
+
+
+def tar_member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", linkname: str = "") -> tuple:
+    """One member for `make_tar`: a file with `data`, or a folder, link, device... by tar type."""
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    if kind in (tarfile.REGTYPE, tarfile.AREGTYPE):
+        info.size = len(data)
+        return info, data
+    return info, None
+
+
+def make_tar(
+    path: Path, members: list[tuple], mode: str = "w:gz", tar_format: int = tarfile.PAX_FORMAT
+) -> Path:
+    """A tar archive of exactly `members` (from `tar_member`), in order: hostile archives for the tests."""
+    with tarfile.open(path, mode, format=tar_format) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
 
 
 # --- the split ----------------------------------------------------------------------------------------
@@ -232,11 +268,61 @@ sys.exit(stage.main(sys.argv[3:]))
 
 
 def run_child(kill_at: int, signum: int, stage_args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return run_script(CHILD, [str(kill_at), str(int(signum)), *stage_args])
+
+
+# Runs the train stage in a real process that SIGKILLs itself halfway through its `save_at`-th torch.save.
+KILLED_IN_SAVE = """
+import os, signal, sys
+import torch
+import stages.train as stage
+
+save_at, calls, real_save = int(sys.argv[1]), [0], torch.save
+
+def save(obj, handle, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] == save_at:
+        handle.write(b"the first bytes of a checkpoint")
+        handle.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, handle, *args, **kwargs)
+
+torch.save = save
+sys.exit(stage.main(sys.argv[2:]))
+"""
+
+
+def run_killed_in_save(save_at: int, stage_args: list[str]) -> subprocess.CompletedProcess:
+    return run_script(KILLED_IN_SAVE, [str(save_at), *stage_args])
+
+
+# Runs a stage's main (or the cyclegan command's) as on a disk that fills up: under a file size limit,
+# writes past `limit` bytes fail with EFBIG (SIGXFSZ, which would kill the process instead, is ignored).
+FILE_SIZE_LIMITED = """
+import importlib, resource, signal, sys
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit, module = int(sys.argv[1]), importlib.import_module(sys.argv[2])
+if sys.argv[2] == "stages.train":  # no MLflow store: its database alone is larger than the limit
+    real = module.train_variant
+    module.train_variant = lambda *a, **k: real(*a, **{**k, "track": False})
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+sys.exit(module.main(sys.argv[3:]))
+"""
+
+
+def run_file_size_limited(limit: int, module: str, args: list[str]) -> subprocess.CompletedProcess:
+    return run_script(FILE_SIZE_LIMITED, [str(limit), module, *args])
+
+
+def run_script(
+    script: str, args: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python -c script args...` in the repository root, with its output captured."""
     return subprocess.run(
-        [sys.executable, "-c", CHILD, str(kill_at), str(int(signum)), *stage_args],
+        [sys.executable, "-c", script, *args],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         capture_output=True,
         text=True,
         timeout=120,

@@ -2,13 +2,18 @@
 
 Each module owns the dataclass for its own section (``DataConfig`` in ``download``,
 ``TrainConfig`` in ``train``...); this module only knows how to build one from a mapping so that
-an unknown or mistyped key fails loudly instead of being ignored.
+an unknown or mistyped key fails loudly instead of being ignored, and gives the dataclasses one way
+to range-check their numbers (`check_range`). NaN and infinity are refused for every float, since
+no key means anything with them and a NaN passes every ``<``/``>`` test unnoticed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,6 +26,8 @@ from pipeline.core.errors import PipelineError
 T = TypeVar("T")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Variant names become folders (models/<name>) and words of the shell commands in dvc.yaml.
+VARIANT_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
 def read_params(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
@@ -65,16 +72,24 @@ def _coerce_container(value: Any, origin: Any, args: tuple[Any, ...], where: str
 
 def _coerce_scalar(value: Any, annotation: type, where: str) -> Any:
     if annotation is float and not isinstance(value, bool):
-        if isinstance(value, int):
-            return float(value)
+        if isinstance(value, (int, float)):
+            return _finite(float(value), where)
         if isinstance(value, str):
             try:
-                return float(value)  # YAML reads 2e-4 (no dot) as a string
+                number = float(value)  # YAML reads 2e-4 (no dot) as a string
             except ValueError:
                 pass
+            else:
+                return _finite(number, where)
     is_bool_mismatch = annotation is not bool and isinstance(value, bool)
     if is_bool_mismatch or not isinstance(value, annotation):
         raise PipelineError(f"{where} must be {annotation.__name__}, got {value!r}")
+    return value
+
+
+def _finite(value: float, where: str) -> float:
+    if not math.isfinite(value):
+        raise PipelineError(f"{where} must be a finite number, got {value}")
     return value
 
 
@@ -117,7 +132,61 @@ def from_mapping(cls: type[T], mapping: Any, where: str) -> T:
     except TypeError as exc:  # a required field without a default is missing
         raise PipelineError(f"{where}: {exc}") from None
     except ValueError as exc:  # __post_init__ validation
-        raise PipelineError(f"{where}: {exc}") from None
+        message = str(exc)
+        # "lr must be > 0" names a key of this section: say it as the dotted key, "train.lr ..."
+        key = message.split(" ", 1)[0]
+        joined = f"{where}.{message}" if key in fields else f"{where}: {message}"
+        raise PipelineError(joined) from None
+
+
+def check_range(
+    obj: Any,
+    names: str | tuple[str, ...],
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> None:
+    """Refuse each field `names` of `obj` outside the bounds, or NaN/inf, with a ValueError naming it.
+
+    For `__post_init__`: ``check_range(self, ("ngf", "ndf"), ge=1)``, ``check_range(self, "beta1",
+    ge=0, lt=1)``. A field that is None (an optional key left unset) passes.
+    """
+    tests = ((ge, operator.ge), (gt, operator.gt), (le, operator.le), (lt, operator.lt))
+    for name in (names,) if isinstance(names, str) else names:
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        number = float(value)
+        # "passes every bound" rather than "fails one": NaN, false in every comparison, fails too.
+        inside = all(test(number, bound) for bound, test in tests if bound is not None)
+        if not (math.isfinite(number) and inside):
+            raise ValueError(f"{name} must be {_describe_bounds(ge, gt, le, lt)}, got {value!r}")
+
+
+def _describe_bounds(ge, gt, le, lt) -> str:
+    low = f"[{ge}" if ge is not None else f"({gt}" if gt is not None else None
+    high = f"{le}]" if le is not None else f"{lt})" if lt is not None else None
+    if low and high:
+        return f"in {low}, {high}"
+    if low:
+        return f">= {ge}" if ge is not None else f"> {gt}"
+    return f"<= {le}" if le is not None else f"< {lt}"
+
+
+def read_variants(params: dict[str, Any], where: str = "params.yaml") -> dict[str, Any]:
+    """The `variants:` section of a params mapping, each name checked against `VARIANT_NAME`."""
+    variants = params.get("variants") or {}
+    if not isinstance(variants, dict):
+        raise PipelineError(f"{where} `variants:` must map variant names to their loss switches")
+    for name in variants:
+        if not isinstance(name, str) or not VARIANT_NAME.fullmatch(name):
+            raise PipelineError(
+                f"variant name {name!r} in {where} `variants:` must match ^[A-Za-z0-9_]+$ (it becomes "
+                "a folder and a shell word in dvc.yaml): rename it"
+            )
+    return variants
 
 
 def load_section(params_path: str | os.PathLike, section: str, cls: type[T]) -> T:

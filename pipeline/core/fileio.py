@@ -1,22 +1,35 @@
 """Atomic files and folders: what a killed process leaves is the old version or the new one, never half.
 
-- A file is written to a temp file beside it (same folder, so the final `os.replace` is atomic),
-  flushed and fsynced, then moved over the target; on any error the temp file is removed.
+- A file is written to a temp file beside it (or in `temp_dir`, on the same filesystem, so the final
+  `os.replace` is atomic), flushed and fsynced, then moved over the target; on any error the temp
+  file is removed, and one that a killed writer left is removed by the next write of the same file.
+  A checkpoint (`save_torch`) lives in a DVC output folder, where DVC would cache and push a stray
+  temp file: its temp file is written beside that folder instead.
 - A folder is built in a staging folder beside it (`staging_dir`) and moved into place whole
-  (`publish_dir`); the staging folder is removed on error, and staging folders that a killed run left
-  behind are removed by the next run that stages the same output.
+  (`publish_dir`), or entry by entry, all of them or none (`publish_entries`); the staging folder is
+  removed on error, and staging folders that a killed run left behind are removed by the next run
+  that stages the same output.
+
+Every output has one writer at a time (DVC's repo lock; rank 0 under DDP), which is what makes a
+temp file or staging folder of the same output a leftover to be removed rather than someone's work.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import math
 import os
+import re
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from pipeline.core.errors import PipelineError
 
 
 def _umask() -> int:
@@ -26,11 +39,23 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Open a temp file beside `path` for writing; on success it replaces `path` (fsynced), else vanishes."""
-    path = Path(path)
+def atomic_file(
+    path: str | os.PathLike, mode: str = "w", temp_dir: str | os.PathLike | None = None
+) -> Iterator[IO]:
+    """Open a temp file for writing `path`; on success it replaces `path` (fsynced), else vanishes.
+
+    The temp file is made in `temp_dir` (default: beside `path`), which must be on the same
+    filesystem as `path`. A temp file of `path` that a killed writer left there is removed first.
+    """
+    path = Path(path).absolute()
+    folder = Path(temp_dir).absolute() if temp_dir is not None else path.parent
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}." if folder == path.parent else f".{path.parent.name}.{path.name}."
+    for stale in folder.glob(f"{glob.escape(prefix)}*.tmp"):
+        if re.fullmatch(rf"{re.escape(prefix)}[a-z0-9_]{{8}}\.tmp", stale.name):  # mkstemp's names only
+            stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -38,8 +63,13 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs should read like any other file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        # A failed write (a full disk) names no file, and torch.save wraps it in a RuntimeError of its
+        # own: say which file could not be written, since the message is all the user gets.
+        failed = exc.__context__ if isinstance(exc, RuntimeError) else exc
+        if isinstance(failed, OSError) and failed.filename is None and failed.errno is not None:
+            raise OSError(failed.errno, failed.strerror, str(path)) from exc
         raise
 
 
@@ -50,8 +80,32 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write `data` as indented JSON, atomically; NaN/inf are refused rather than written as invalid JSON."""
+    """Write `data` as indented JSON, atomically.
+
+    NaN and inf are not JSON, and a metric that is NaN is a diverged model or an empty average, not a
+    score: either is a `PipelineError` naming the keys, and the previous file stays as it was.
+    """
+    bad = _non_finite(data)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise PipelineError(
+            f"refusing to write {path}: {shown} {'is' if len(bad) == 1 else 'are'} not a finite number "
+            "(a model that diverged, or a mean over nothing); the previous file is kept"
+        )
     atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def _non_finite(data: Any, where: str = "") -> list[str]:
+    """The keys (dotted, with [i] for list items) of every NaN or inf float in `data`."""
+    if isinstance(data, float):
+        return [] if math.isfinite(data) else [f"{where or 'the value'} ({data})"]
+    if isinstance(data, dict):
+        return [
+            bad for key, value in data.items() for bad in _non_finite(value, f"{where}.{key}".lstrip("."))
+        ]
+    if isinstance(data, (list, tuple)):
+        return [bad for index, value in enumerate(data) for bad in _non_finite(value, f"{where}[{index}]")]
+    return []
 
 
 def _staging_prefix(out_dir: Path) -> str:
@@ -101,20 +155,59 @@ def publish_dir(tmp: Path, out_dir: Path) -> None:
 
 
 def publish_entries(tmp: Path, out_dir: Path) -> None:
-    """Move each entry of `tmp` into `out_dir`, replacing the old one, keeping anything else there
-    (DVC's .gitignore, for one)."""
+    """Move the entries of `tmp` into `out_dir`, replacing the old ones, all of them or none; anything
+    else in `out_dir` stays (DVC's .gitignore, for one).
+
+    The old entries are first moved aside (beside `tmp`, on its filesystem), then the new ones in; if
+    any move fails, those done are undone. SIGINT and SIGTERM wait until the moves are over, so an
+    interrupted stage leaves the old set or the new one. (Only a SIGKILL in those microseconds can
+    leave a mix, which DVC then sees as changed outputs and rebuilds.)
+    """
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for entry in sorted(tmp.iterdir()):
-        target = out_dir / entry.name
-        if target.is_dir():
-            publish_dir(entry, target)
-        else:
-            os.replace(entry, target)
+    names = sorted(entry.name for entry in tmp.iterdir())
+    aside = Path(tempfile.mkdtemp(prefix=f"{tmp.name}-old-", dir=tmp.parent))  # swept with the staging
+    moved_aside: list[str] = []
+    moved_in: list[str] = []
+    try:
+        with _signals_held():
+            try:
+                for name in names:
+                    if (out_dir / name).exists() or (out_dir / name).is_symlink():
+                        os.replace(out_dir / name, aside / name)
+                        moved_aside.append(name)
+                for name in names:
+                    os.replace(tmp / name, out_dir / name)
+                    moved_in.append(name)
+            except BaseException:
+                for name in reversed(moved_in):
+                    os.replace(out_dir / name, tmp / name)
+                for name in reversed(moved_aside):
+                    os.replace(aside / name, out_dir / name)
+                raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back during the block; they are delivered when it ends."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def save_torch(path: str | os.PathLike, state: Any) -> None:
-    """`torch.save` of `state` to `path`, atomically (a checkpoint is whole or the previous one)."""
+    """`torch.save` of `state` to `path`, atomically (a checkpoint is whole or the previous one).
+
+    `path` is taken to sit in an output folder (``models/<variant>/checkpoint.pt``, a DVC output):
+    the temp file is written beside that folder, so that a kill during the save leaves nothing inside
+    it for DVC to cache and push.
+    """
     import torch
 
-    with atomic_file(path, "wb") as handle:
+    with atomic_file(path, "wb", temp_dir=Path(path).absolute().parent.parent) as handle:
         torch.save(state, handle)

@@ -12,11 +12,39 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pipeline.core.errors import PipelineError
 
 _UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+_WIDE_INTEGER_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """A decoded image as 8-bit RGB, every kind converted on purpose rather than by PIL's defaults.
+
+    - The EXIF orientation is applied: a phone photo stored sideways is translated upright, as every
+      viewer shows it.
+    - 16-bit (and 32-bit integer) greyscale is scaled from 0-65535 to 0-255: PIL's own conversion
+      clips at 255, which turns a 16-bit image white. Float greyscale is taken as 0-1.
+    - A palette image goes through its palette, its transparent index becoming alpha.
+    - Alpha is composited over black, the colour of void in a label map (PIL would keep whatever
+      colour the transparent pixels happen to hold).
+    - Greyscale and 1-bit images repeat their channel; CMYK, YCbCr and LAB use PIL's conversion.
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in _WIDE_INTEGER_MODES:
+        wide = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.rint(wide * 255 / 65535), 0, 255).astype(np.uint8))
+    elif image.mode == "F":
+        image = Image.fromarray(np.rint(np.clip(np.asarray(image), 0, 1) * 255).astype(np.uint8))
+    elif image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def read_rgb(
@@ -25,13 +53,14 @@ def read_rgb(
     resample: Image.Resampling = Image.Resampling.BILINEAR,
     fix: str = "remove or replace it",
 ) -> np.ndarray:
-    """An image file as ``(H, W, 3)`` uint8, resized to ``size x size`` (with `resample`) when given.
+    """An image file as ``(H, W, 3)`` uint8 (`to_rgb`), resized to ``size x size`` (with `resample`)
+    when given.
 
     A file that cannot be decoded is a `PipelineError` naming it, with `fix` as the way out.
     """
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
+            image = to_rgb(image)
             if size is not None and image.size != (size, size):
                 image = image.resize((size, size), resample)
             return np.asarray(image)

@@ -12,7 +12,8 @@ what `weights_only=True` accepts):
     schedulers      {"G": LambdaLR state, "D": ...}
     pools           {"X": ImagePool state, "Y": ...}
     sampler         UnpairedSampler state (generator, permutations, position)
-    rng             {"torch_cpu": ..., "cuda": [...]}  global states (nothing should draw from them)
+    rng             {"torch_cpu": ..., "cuda": [...]}  global states, seeded from the config at the start
+                    (`seed_global_generators`): only torch's default layer init draws from them
     step, epoch     completed steps and the epoch the next step belongs to
     finished        True once the schedule (or max_steps) is done
     history         per-epoch mean losses (rows of the DVC plots file)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+from pipeline.core.config import check_range
+
 # Keys that say how a run is carried out, not what it computes: changing them does not invalidate a
 # checkpoint (max_steps only moves the stopping point).
 # The fast-path switches change how a step runs, not what it computes (bf16, which does change the
@@ -74,18 +76,13 @@ class TrainConfig:
     experiment: str = "cyclegan-ablation"
 
     def __post_init__(self) -> None:
-        positive = (
-            "load_size",
-            "crop_size",
-            "batch_size",
-            "lr",
-            "lambda_cycle",
-            "checkpoint_every",
-            "log_every",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        check_range(self, "seed", ge=0)
+        check_range(self, ("load_size", "crop_size", "batch_size", "checkpoint_every", "log_every"), ge=1)
+        check_range(self, ("ngf", "ndf", "n_blocks", "n_layers_D"), ge=1)
+        check_range(self, ("max_images", "max_steps", "num_threads"), ge=1)  # or null
+        check_range(self, ("lr", "lambda_cycle"), gt=0)
+        check_range(self, ("beta1", "beta2"), ge=0, lt=1)  # Adam diverges for a beta of 1 or more
+        check_range(self, ("epochs_constant", "epochs_decay", "pool_size"), ge=0)
         if self.crop_size > self.load_size:
             raise ValueError(f"crop_size {self.crop_size} exceeds load_size {self.load_size}")
         if self.crop_size < 3 * 2**self.n_layers_D:
@@ -95,13 +92,8 @@ class TrainConfig:
             )
         if self.crop_size % 4:
             raise ValueError(f"crop_size must be a multiple of 4 (two stride-2 stages), got {self.crop_size}")
-        if self.epochs_constant < 0 or self.epochs_decay < 0 or self.epochs_constant + self.epochs_decay == 0:
-            raise ValueError("epochs_constant and epochs_decay must be >= 0 and not both 0")
-        for name in ("max_images", "max_steps", "num_threads"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 or null, got {getattr(self, name)}")
-        if self.pool_size < 0:
-            raise ValueError(f"pool_size must be >= 0, got {self.pool_size}")
+        if self.epochs_constant + self.epochs_decay == 0:
+            raise ValueError("epochs_constant and epochs_decay must not both be 0")
         needs_fast = [name for name in ("channels_last", "compile", "cuda_graphs") if getattr(self, name)]
         if needs_fast and not self.fast:
             raise ValueError(f"{', '.join(needs_fast)} need(s) fast: true (they refine the fast path)")

@@ -35,14 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from pipeline.core.config import to_flat_dict
-from pipeline.core.device import resolve_device, seeded
+from pipeline.core.device import resolve_device, seed_global_generators, seeded
 from pipeline.core.images import to_model_range
 from pipeline.core.machine import machine_facts
+from pipeline.core.progress import progress
 from pipeline.core.project import data_source
 from pipeline.core.signals import Interrupted, StopRequest, stop_requests
+from pipeline.core.urls import redact_url
 from pipeline.cyclegan import distributed
 from pipeline.cyclegan.checkpoint import CHECKPOINT_NAME, FORMAT, save_checkpoint
 from pipeline.cyclegan.config import TrainConfig, target_steps
@@ -122,6 +123,7 @@ def train_variant(
             torch.set_num_threads(cfg.num_threads)
         if parallel is not None and cfg.cuda_graphs and device.type == "cuda":
             say("cuda_graphs is off under DDP (the gradient all-reduce is not captured); compile applies")
+        seed_global_generators(cfg.seed)  # a resumed run then restores the checkpoint's states
         domains = load_training_domains(split_dir, cfg.load_size, cfg.max_images)
         sampler = UnpairedSampler(domains, cfg.crop_size, cfg.batch_size, seeded(cfg.seed, "data"), cfg.flip)
         trainer = build_trainer(switches, cfg, device, parallel)
@@ -233,7 +235,8 @@ class TrainingLoop:
             self.logger = tracking.RunLogger(self.run_id, self._say)
             return
         if self.run_id is not None:
-            self._say(f"MLflow run {self.run_id} is gone from {tracking.tracking_uri()}: starting a new one")
+            store = redact_url(tracking.tracking_uri())
+            self._say(f"MLflow run {self.run_id} is gone from {store}: starting a new one")
         key = ablation_key(self.data, self.cfg, self.ablation["variants"], self.ablation["seeds"])
         parent = tracking.parent_run_id(self.cfg.experiment, key, f"ablation-{key[:8]}")
         params = to_flat_dict(self.cfg, "train.")
@@ -287,7 +290,7 @@ class TrainingLoop:
         cfg = self.cfg
         steps = make_steps(self.trainer, self.sampler)
         window_start = time.perf_counter()
-        bar = tqdm(
+        bar = progress(
             total=self.target,
             initial=self.step,
             desc=self.variant,
@@ -336,7 +339,7 @@ class TrainingLoop:
             for name, value in values.items():
                 self.window[name] = self.window.get(name, 0.0) + value
 
-    def _log_window(self, img_per_s: float, bar: tqdm) -> None:
+    def _log_window(self, img_per_s: float, bar) -> None:
         row = window_row(self.window, self.window_steps, self.step, self.steps_per_epoch)
         self.history.append(row)
         self.window, self.window_steps = {}, 0

@@ -36,6 +36,7 @@ import dataclasses
 import torch
 import torch.nn.functional as nnf
 
+from pipeline.core.config import check_range
 from pipeline.cyclegan.models import CycleGANNets
 
 LossDict = dict[str, torch.Tensor]
@@ -51,8 +52,7 @@ class LossSwitches:
     identity: float = 0.0  # identity-loss weight relative to lambda_cycle (0 = off, the paper's Cityscapes)
 
     def __post_init__(self) -> None:
-        if self.identity < 0:
-            raise ValueError(f"identity must be >= 0, got {self.identity}")
+        check_range(self, "identity", ge=0)
         if not (self.adversarial or self.cycle_forward or self.cycle_backward or self.identity > 0):
             raise ValueError("every loss term is off: turn on adversarial, a cycle, or identity")
 

@@ -23,16 +23,24 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from pipeline import __version__
+from pipeline.core.config import check_range
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import publish_dir, staging_dir
-from pipeline.data.archive import SOURCE_HINT, extract_archive, sha256_file, sniff_archive
+from pipeline.core.progress import progress
+from pipeline.core.urls import redact_url
+from pipeline.data.archive import (
+    DATASET_FOLDER,
+    SOURCE_HINT,
+    CheckedArchive,
+    check_archive,
+    extract_archive,
+    sniff_archive,
+)
 from pipeline.data.fetch import SOURCE_ENV, fetch_url
 
 PROVENANCE_NAME = "provenance.json"
-DATASET_FOLDER = "cityscapes"  # the archive's top-level folder; the split stage reads out_dir/cityscapes
 SCRATCH_NAME = ".download"
 IMAGE_SUFFIX = ".jpg"
 
@@ -59,10 +67,8 @@ class DataConfig:
             self.sha256 = self.sha256.strip().lower()
             if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
                 raise ValueError(f"sha256 must be 64 hex digits or null, got {self.sha256!r}")
-        if self.retries < 0:
-            raise ValueError(f"retries must be >= 0, got {self.retries}")
-        if self.timeout_s <= 0 or self.backoff_s < 0:
-            raise ValueError("timeout_s must be > 0 and backoff_s >= 0")
+        check_range(self, ("retries", "backoff_s"), ge=0)
+        check_range(self, "timeout_s", gt=0)
         if not self.expected_counts or any(n < 1 for n in self.expected_counts.values()):
             raise ValueError(
                 f"expected_counts must map each split to a positive count, got {self.expected_counts}"
@@ -78,6 +84,11 @@ class Source:
 
     location: str  # the URL, or the absolute local path
     kind: SourceKind
+
+    @property
+    def shown(self) -> str:
+        """`location` as messages and provenance.json may show it: credentials and query redacted."""
+        return redact_url(self.location)
 
 
 def resolve_source(cfg: DataConfig) -> Source:
@@ -96,7 +107,7 @@ def resolve_source(cfg: DataConfig) -> Source:
         raw = unquote(urlparse(raw).path)
     elif scheme and len(scheme) > 1:  # one letter is a Windows drive, not a scheme
         raise PipelineError(
-            f"{origin} {raw!r} uses unsupported scheme {scheme}://: use http(s), or a local path"
+            f"{origin} {redact_url(raw)!r} uses unsupported scheme {scheme}://: use http(s), or a local path"
         )
     path = (Path.cwd() / Path(raw).expanduser()).resolve()
     if path.is_dir():
@@ -132,11 +143,12 @@ def _stage(cfg: DataConfig, source: Source, scratch: Path, staged: Path) -> dict
         archive = Path(source.location)
         if source.kind == "url":
             archive = fetch_url(source.location, scratch, cfg.retries, cfg.timeout_s, cfg.backoff_s)
-        digest, size = _checked_archive(archive, source, cfg)
-        extract_archive(archive, staged)
-    counts = check_layout(staged, cfg.expected_counts, cfg.image_size, source.location)
+        checked = _checked_archive(archive, source, cfg)
+        digest, size = checked.sha256, archive.stat().st_size
+        extract_archive(checked, staged)
+    counts = check_layout(staged, cfg.expected_counts, cfg.image_size, source.shown)
     provenance = {
-        "source": source.location,
+        "source": source.shown,
         "source_kind": source.kind,
         "sha256": digest,
         "bytes": size,
@@ -149,26 +161,24 @@ def _stage(cfg: DataConfig, source: Source, scratch: Path, staged: Path) -> dict
     return provenance
 
 
-def _checked_archive(archive: Path, source: Source, cfg: DataConfig) -> tuple[str, int]:
-    """Sniff and checksum an archive before anything is extracted; return (sha256, bytes)."""
+def _checked_archive(archive: Path, source: Source, cfg: DataConfig) -> CheckedArchive:
+    """Sniff the archive, check every member and its checksum before anything is extracted."""
     downloaded = source.kind == "url"
     try:
         sniff_archive(archive)
+        checked = check_archive(archive)
     except PipelineError as exc:
         if downloaded:  # garbage in the cache would be reused forever: drop it
             archive.unlink(missing_ok=True)
-            raise PipelineError(
-                f"{exc} (downloaded from {source.location}, deleted): {SOURCE_HINT}"
-            ) from None
-        raise PipelineError(f"{exc}: {SOURCE_HINT}") from None
-    digest = sha256_file(archive)
-    if cfg.sha256 and digest != cfg.sha256:
+            raise PipelineError(f"{exc} (it was downloaded from {source.shown}; deleted)") from None
+        raise
+    if cfg.sha256 and checked.sha256 != cfg.sha256:
         fix = f"delete {archive} to download it again" if downloaded else "use an intact copy"
         raise PipelineError(
-            f"sha256 mismatch for {archive}: expected {cfg.sha256}, got {digest}; {fix}, "
+            f"sha256 mismatch for {archive}: expected {cfg.sha256}, got {checked.sha256}; {fix}, "
             f"or fix data.sha256 in params.yaml if the expected value is wrong"
         )
-    return digest, archive.stat().st_size
+    return checked
 
 
 def _copy_dataset_folder(folder: Path, staged: Path) -> int:
@@ -182,7 +192,7 @@ def _copy_dataset_folder(folder: Path, staged: Path) -> int:
     tree = folder / DATASET_FOLDER if (folder / DATASET_FOLDER).is_dir() else folder
     files = [path for path in tree.rglob("*") if path.is_file()]
     copied = 0
-    bar = tqdm(total=len(files), unit="file", desc="copy")
+    bar = progress(total=len(files), unit="file", desc="copy")
 
     def copy(src: str, dst: str) -> str:
         nonlocal copied
@@ -229,7 +239,7 @@ def _check_image_size(image: Path, top: Path, image_size: tuple[int, int], sourc
     try:
         with Image.open(image) as opened:
             size = opened.size
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise PipelineError(
             f"unexpected layout in {source}: {name} is not a readable image ({exc})"
         ) from None

@@ -2,11 +2,13 @@
 
 A download in progress lives in ``<cache_dir>/<name>.part`` (resumed with a Range request, guarded by
 the server's validator), a finished one in ``<cache_dir>/<name>``, and ``<name>.json`` records which
-URL those bytes came from.
+URL those bytes came from: its sha256, and the URL redacted (a signed URL or one with a password
+never lands on disk or in a message; `pipeline.core.urls`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -17,11 +19,12 @@ from urllib.parse import unquote, urlparse
 
 import requests
 import urllib3
-from tqdm import tqdm
 
 from pipeline import __version__
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import write_json
+from pipeline.core.progress import print_line, progress
+from pipeline.core.urls import redact_url
 
 SOURCE_ENV = "CYCLEGAN_DATA_SOURCE"
 OFFLINE_HINT = f"{SOURCE_ENV}=/path/to/cityscapes.tar.gz"
@@ -48,12 +51,16 @@ def fetch_url(url: str, cache_dir: Path, retries: int, timeout_s: float, backoff
     name = _archive_name(url)
     final, part, meta_path = cache_dir / name, cache_dir / f"{name}.part", cache_dir / f"{name}.json"
     meta = _read_json(meta_path)
-    if meta.get("url") != url:  # bytes from another URL (or none): never resume or reuse them
+    url_sha256 = hashlib.sha256(url.encode()).hexdigest()
+    # A record written before URLs were stored redacted holds the URL itself.
+    same_url = meta.get("url_sha256") == url_sha256 or ("url_sha256" not in meta and meta.get("url") == url)
+    if not same_url:  # bytes from another URL (or none): never resume or reuse them
         final.unlink(missing_ok=True)
         part.unlink(missing_ok=True)
-        meta = {"url": url}
+        meta = {}
     elif meta.get("complete") and final.is_file():
         return final
+    meta.update(url=redact_url(url), url_sha256=url_sha256)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with requests.Session() as session:
         for attempt in range(retries + 1):
@@ -64,7 +71,7 @@ def fetch_url(url: str, cache_dir: Path, retries: int, timeout_s: float, backoff
                 break
             except _TransientError as exc:
                 error = exc
-                tqdm.write(f"download: attempt {attempt + 1} of {retries + 1} failed: {exc.detail}")
+                print_line(f"download: attempt {attempt + 1} of {retries + 1} failed: {exc.detail}")
         else:
             raise _give_up(error, url, part, retries + 1)
     os.replace(part, final)
@@ -109,7 +116,7 @@ def _check_response(response: requests.Response, url: str, have: int, part: Path
         raise _TransientError("server", f"HTTP {status} {response.reason}")
     if status not in (200, 206):
         raise PipelineError(
-            f"{url} answered HTTP {status} {response.reason}: fix data.source in params.yaml, "
+            f"{redact_url(url)} answered HTTP {status} {response.reason}: fix data.source in params.yaml, "
             f"or use a local copy with {OFFLINE_HINT}"
         )
     if status == 206:
@@ -125,7 +132,7 @@ def _check_response(response: requests.Response, url: str, have: int, part: Path
 
 def _stream_body(response: requests.Response, part: Path, start: int, total: int | None) -> None:
     """Write the response body to `part` from byte `start`; a short body is a transient error."""
-    bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=part.name)
+    bar = progress(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=part.name)
     with part.open("r+b" if start else "wb") as handle, bar:
         handle.seek(start)
         handle.truncate()
@@ -158,13 +165,13 @@ def _give_up(error: _TransientError, url: str, part: Path, attempts: int) -> Pip
         )
     if error.kind == "server":
         return PipelineError(
-            f"{url} answered {error.detail} {tries}: the server is failing, run again later "
+            f"{redact_url(url)} answered {error.detail} {tries}: the server is failing, run again later "
             f"or use a local copy with {OFFLINE_HINT}"
         )
     saved = part.stat().st_size if part.exists() else 0
     return PipelineError(
-        f"download of {url} kept breaking off {tries} ({error.detail}; {saved} bytes kept in {part}): "
-        f"run again to resume, or use a local copy with {OFFLINE_HINT}"
+        f"download of {redact_url(url)} kept breaking off {tries} ({error.detail}; {saved} bytes kept in "
+        f"{part}): run again to resume, or use a local copy with {OFFLINE_HINT}"
     )
 
 

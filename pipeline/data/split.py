@@ -24,10 +24,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
+from pipeline.core.config import check_range
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import publish_dir, staging_dir, write_json
+from pipeline.core.progress import progress
 from pipeline.data.labels import decode_label_map
 from pipeline.data.manifest import COLUMNS, MANIFEST, SUMMARY, image_id_key
 
@@ -47,12 +48,10 @@ class SplitConfig:
     workers: int = 2
 
     def __post_init__(self) -> None:
-        if self.load_size < self.test_size:
-            raise ValueError(f"load_size ({self.load_size}) must be >= test_size ({self.test_size})")
-        if self.test_size < 16:
-            raise ValueError(f"test_size must be at least 16, got {self.test_size}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        check_range(self, "seed", ge=0)
+        check_range(self, "test_size", ge=16)
+        check_range(self, "load_size", ge=self.test_size)
+        check_range(self, "workers", ge=1)
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ def _read_pair(path: Path) -> tuple[Image.Image, Image.Image]:
         with Image.open(path) as image:
             image.load()
             image = image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise BadImage(f"{path}: cannot decode ({exc})") from None
     if image.size != ARCHIVE_SIZE:
         raise BadImage(
@@ -197,7 +196,7 @@ def split(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: SplitConf
         skipped: list[str] = []
         with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
             results = pool.map(_process_or_report, [(job, tmp) for job in jobs], chunksize=32)
-            for job_rows, problem in tqdm(results, total=len(jobs), desc="split", unit="img"):
+            for job_rows, problem in progress(results, total=len(jobs), desc="split", unit="img"):
                 if problem is None:
                     rows.extend(job_rows)
                 elif cfg.on_bad_image == "skip":

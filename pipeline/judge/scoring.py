@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.images import hwc_to_model, read_mask, read_rgb, resize_to
+from pipeline.core.progress import progress
 from pipeline.data.labels import NUM_CLASSES
 from pipeline.data.manifest import read_manifest
 from pipeline.judge.model import FCN8s, FCNConfig, resize
@@ -80,6 +80,20 @@ def read_judge_checkpoint(path: Path) -> dict[str, Any] | None:
     return state
 
 
+def check_finite_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse a judge whose weights hold NaN or inf: it diverged, and its scores would look like any other."""
+    bad = [
+        name
+        for name, tensor in state_dict.items()
+        if tensor.is_floating_point() and not tensor.isfinite().all()
+    ]
+    if bad:
+        raise PipelineError(
+            f"judge checkpoint {path} has NaN/inf weights ({bad[0]}{' and others' if len(bad) > 1 else ''}): "
+            "it diverged; delete it and rerun the judge stage with a lower judge.lr"
+        )
+
+
 def load_judge(path: str | os.PathLike, device: str | torch.device = "cpu") -> Judge:
     """Rebuild the judge from its checkpoint alone, in eval mode on `device`."""
     path = Path(path)
@@ -93,6 +107,7 @@ def load_judge(path: str | os.PathLike, device: str | torch.device = "cpu") -> J
             f"judge checkpoint {path} is unfinished (step {state['step']}/{state['total_steps']}): "
             "rerun the judge stage to complete it"
         )
+    check_finite_weights(state["net"], path)
     net = FCN8s(FCNConfig(**state["model"]))
     net.load_state_dict(state["net"])
     device = torch.device(device)
@@ -140,7 +155,7 @@ def judge_confusions(
     """
     batch_size = batch_size or judge.batch_size
     out = np.zeros((len(photos), NUM_CLASSES, NUM_CLASSES + 1), dtype=np.int64)
-    with tqdm(total=len(photos), desc=desc, unit="img") as bar:
+    with progress(total=len(photos), desc=desc, unit="img") as bar:
         for start in range(0, len(photos), batch_size):
             masks = [read_mask(p) for p in mask_paths[start : start + batch_size]]
             pixels = [

@@ -30,11 +30,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from pipeline.core.config import check_range
 from pipeline.core.device import resolve_device
+from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import save_torch
 from pipeline.core.images import hwc_to_model, read_mask, read_rgb
+from pipeline.core.progress import progress
 from pipeline.core.signals import Interrupted, stop_requests
 from pipeline.data.labels import CLASS_NAMES, VOID
 from pipeline.judge.model import FCN8s, FCNConfig, init_weights
@@ -43,6 +45,7 @@ from pipeline.judge.scoring import (
     FORMAT,
     KIND,
     Judge,
+    check_finite_weights,
     judge_confusions,
     paired_paths,
     read_judge_checkpoint,
@@ -73,15 +76,12 @@ class JudgeConfig:
     eval_batch_size: int = 50  # images per forward pass when scoring
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "epochs", "batch_size", "width", "checkpoint_every", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_images is not None and self.max_images < 1:
-            raise ValueError(f"max_images must be >= 1 or null, got {self.max_images}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        check_range(self, "seed", ge=0)
+        sizes = ("image_size", "epochs", "batch_size", "width", "checkpoint_every", "eval_batch_size")
+        check_range(self, (*sizes, "max_images"), ge=1)  # max_images: or null
+        check_range(self, "lr", gt=0)
+        check_range(self, "weight_decay", ge=0)
+        check_range(self, "warmup_fraction", ge=0, lt=1)
 
 
 def load_pairs(
@@ -91,7 +91,8 @@ def load_pairs(
     photos = np.empty((len(photo_paths), size, size, 3), dtype=np.uint8)
     masks = np.empty((len(mask_paths), size, size), dtype=np.uint8)
     pairs = zip(photo_paths, mask_paths, strict=True)
-    for index, (photo, mask) in enumerate(tqdm(pairs, total=len(photos), desc="load judge data", unit="img")):
+    bar = progress(pairs, total=len(photos), desc="load judge data", unit="img")
+    for index, (photo, mask) in enumerate(bar):
         photos[index] = read_rgb(photo, size)
         masks[index] = read_mask(mask, size)
     return torch.from_numpy(photos), torch.from_numpy(masks)
@@ -180,6 +181,7 @@ def train_judge(split_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: J
     }
     previous = _resume_state(path, identity)
     if previous is not None:
+        check_finite_weights(previous["net"], path)
         net.load_state_dict(previous["net"])
         optimizer.load_state_dict(previous["optimizer"])
         state.update({k: previous[k] for k in ("step", "finished", "history", "epoch_loss_sum")})
@@ -226,7 +228,7 @@ def _train(
     plan_epoch, order, flips = -1, None, None
     with (
         stop_requests() as stop,
-        tqdm(total=total, initial=state["step"], desc="train judge", unit="step") as bar,
+        progress(total=total, initial=state["step"], desc="train judge", unit="step") as bar,
     ):
         while state["step"] < total:
             step = state["step"]
@@ -243,19 +245,27 @@ def _train(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total, cfg)
             loss = F.cross_entropy(net(real), target, ignore_index=VOID)
+            value = loss.item()
+            if not math.isfinite(value):
+                # Before the step: neither the weights nor the checkpoint ever hold the diverged state,
+                # and an unfinished checkpoint cannot be scored with (`load_judge`).
+                raise PipelineError(
+                    f"judge: loss_ce (cross-entropy) is {value} at step {step + 1} of {total}: training "
+                    f"diverged; lower judge.lr (training then starts over) or check the evaluator data"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
             state["step"] = step + 1
-            state["epoch_loss_sum"] += loss.item()
+            state["epoch_loss_sum"] += value
             if state["step"] % steps_per_epoch == 0 or state["step"] == total:
                 steps_in_epoch = state["step"] - epoch * steps_per_epoch
                 state["history"].append({"epoch": epoch, "loss": state["epoch_loss_sum"] / steps_in_epoch})
                 state["epoch_loss_sum"] = 0.0
             state["finished"] = state["step"] == total
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+            bar.set_postfix(loss=f"{value:.3f}", epoch=epoch)
             if state["finished"] or state["step"] % cfg.checkpoint_every == 0 or stop:
                 checkpoint()
             if stop and not state["finished"]:

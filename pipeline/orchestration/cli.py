@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from pipeline.core.directions import DIRECTIONS
+from pipeline.core.entry import run_main
 from pipeline.core.errors import PipelineError
 
 SERVER_HINT = (
@@ -99,6 +100,7 @@ def _ui(args: argparse.Namespace) -> int:
 
     from pipeline.core.config import read_params
     from pipeline.core.project import dvc_root
+    from pipeline.core.urls import redact_url
     from pipeline.orchestration import tracking
 
     project = dvc_root(Path.cwd()) or Path.cwd()
@@ -109,7 +111,7 @@ def _ui(args: argparse.Namespace) -> int:
         found = tracking.client().get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found is not None else None
     if uri.startswith(("http://", "https://")):
-        print(ui_link(tracking.redacted(uri), experiment_id))  # a server already serves its UI
+        print(ui_link(redact_url(uri), experiment_id))  # a server already serves its UI
         return 0
     argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
     argv += ["--host", args.host, "--port", str(args.port)]
@@ -177,13 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `cyclegan` console script; returns the exit status."""
+    """Entry point of the `cyclegan` console script; returns the exit status (any failure: one line)."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_main(lambda: args.handler(args))
 
 
 if __name__ == "__main__":

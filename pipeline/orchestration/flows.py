@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from prefect.tasks import exponential_backoff
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.project import dvc_root, stage_output_md5
+from pipeline.core.urls import redact_text, redact_url
 from pipeline.orchestration import tracking
 from pipeline.orchestration.dvc import StageRunner, dvc_command
 from pipeline.orchestration.overrides import (
@@ -162,12 +164,12 @@ def _markdown_summary(
         "",
         f"Report: {report}",
         "",
-        f"MLflow parent run `{parent_id}` in `{tracking.redacted(store)}`.",
+        f"MLflow parent run `{parent_id}` in `{redact_url(store)}`.",
         "",
     ]
     if change.overrides:
         lines += ["## Parameter overrides", ""]
-        lines += [f"- `{item}`" for item in change.overrides]
+        lines += [f"- `{redact_text(item)}`" for item in change.overrides]
         if change.changed:
             lines += [
                 "",
@@ -209,13 +211,14 @@ def _open_parent(
             "prefect.deployment": run_info["deployment"],
             "prefect.flow_run_url": run_info["url"],
             "cyclegan.params_changed": change.changed,
-            "cyclegan.overrides": json.dumps(change.overrides)[:5000],
+            "cyclegan.overrides": redact_text(json.dumps(change.overrides))[:5000],
             "cyclegan.variants": ",".join(change.variants),
         },
     )
-    tracking.log_artifacts(parent_id, params_path, "params")
-    if change.backup is not None:
-        tracking.log_artifacts(parent_id, change.backup, "params")
+    with tempfile.TemporaryDirectory() as tmp:  # the params files as MLflow may keep them: URLs redacted
+        for path in filter(None, (params_path, change.backup)):
+            (Path(tmp) / path.name).write_text(redact_text(path.read_text()))
+            tracking.log_artifacts(parent_id, Path(tmp) / path.name, "params")
     return parent_id
 
 
@@ -311,13 +314,13 @@ def run_ablation(
         logger.warning(
             "params.yaml overrides applied (as `dvc exp run -S` does): %s. params.yaml keeps them so that "
             "dvc.lock matches the outputs; the file as found is saved in %s (restore: cp %s %s)",
-            " ".join(change.overrides),
+            redact_text(" ".join(change.overrides)),
             change.backup,
             BACKUP_NAME,
             PARAMS_NAME,
         )
     elif change.overrides:
-        logger.info("params.yaml already holds the overrides %s", " ".join(change.overrides))
+        logger.info("params.yaml already holds the overrides %s", redact_text(" ".join(change.overrides)))
     logger.info("variants: %s; seeds: %s", ", ".join(change.variants), change.after.get("seeds"))
 
     slots = ensure_concurrency_limit(GPU_TAG, gpu_slots)
@@ -329,7 +332,7 @@ def run_ablation(
     store = tracking.tracking_uri(project)
     with tracking.use_store(store):
         parent_id = _open_parent(experiment, key, run_info, change, params_path)
-    logger.info("MLflow parent run %s (experiment %r) in %s", parent_id, experiment, tracking.redacted(store))
+    logger.info("MLflow parent run %s (experiment %r) in %s", parent_id, experiment, redact_url(store))
 
     env = stage_env(store, parent_id)
     seeds = change.after.get("seeds") or [0]

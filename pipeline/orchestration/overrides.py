@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.config import read_params
+from pipeline.core.config import read_params, read_variants
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import atomic_write_text
 
@@ -117,7 +117,7 @@ def apply_params_overrides(
     backup_path = Path(backup_path) if backup_path is not None else params_path.with_name(BACKUP_NAME)
     original_text = params_path.read_text()
     before = read_params(params_path)
-    known = list(before.get("variants") or {})
+    known = list(read_variants(before, params_path))
     applied = list(overrides) + variant_overrides(known, variants)
     if not applied:
         return ParamsChange([], known, False, None, before, before)
@@ -134,7 +134,7 @@ def apply_params_overrides(
                 "(syntax as in `dvc exp run -S`: key=value, ++key=value to add a key, ~key to delete one)"
             ) from None
         after = read_params(scratch)
-        left = list(after.get("variants") or {})
+        left = list(read_variants(after, f"{params_path} with overrides {applied}"))
         if not left:
             raise PipelineError(f"overrides {applied} leave no variant in `variants:`: keep at least one")
         if after == before:

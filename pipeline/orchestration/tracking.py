@@ -34,6 +34,7 @@ from urllib.parse import unquote, urlparse
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.project import dvc_root
+from pipeline.core.urls import redact_url
 
 PARENT_ENV = "CYCLEGAN_PARENT_RUN_ID"
 ROLE_TAG = "cyclegan.role"
@@ -78,16 +79,6 @@ def use_store(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
-def redacted(uri: str) -> str:
-    """`uri` without credentials or query string, for messages."""
-    parsed = urlparse(uri)
-    if not parsed.netloc:
-        return uri
-    host = parsed.hostname or ""
-    netloc = f"{host}:{parsed.port}" if parsed.port else host
-    return parsed._replace(netloc=netloc, query="", fragment="").geturl()
-
-
 def client():
     """An `MlflowClient` on `tracking_uri()` (mlflow imported here: it takes seconds to import)."""
     import mlflow
@@ -108,7 +99,7 @@ def check_store(timeout_s: float = 5.0) -> None:
             requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
         except requests.RequestException as exc:
             raise PipelineError(
-                f"the MLflow tracking server at {redacted(uri)} does not answer ({type(exc).__name__}): "
+                f"the MLflow tracking server at {redact_url(uri)} does not answer ({type(exc).__name__}): "
                 "start it, fix MLFLOW_TRACKING_URI, or unset it to use the project's mlflow.db"
             ) from None
         return
@@ -248,7 +239,7 @@ def log_dataset(run_id: str, name: str, digest: str | None, source: str, context
         name=name,
         digest=(digest or "unknown")[:36],
         source_type="http" if urlparse(source).scheme in ("http", "https") else "local",
-        source=json.dumps({"uri": redacted(source)}),
+        source=json.dumps({"uri": redact_url(source)}),
     )
     client().log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
 
@@ -355,8 +346,9 @@ class RunLogger:
                 if self.offline_since is None:
                     self.offline_since = time.monotonic()
                     self.say(
-                        f"MLflow store {redacted(tracking_uri())} stopped answering ({type(exc).__name__}); "
-                        "training goes on, and what it logs is kept and sent when the store is back"
+                        f"MLflow store {redact_url(tracking_uri())} stopped answering "
+                        f"({type(exc).__name__}); training goes on, and what it logs is kept and sent "
+                        "when the store is back"
                     )
                 return False
             self.pending.pop(0)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.core.config import check_range
 from pipeline.core.fileio import publish_entries, staging_dir
 from pipeline.orchestration.tracking import PARENT_ENV
 from pipeline.report import curves, figures, tables
@@ -33,6 +34,7 @@ class ReportConfig:
     bootstrap_seed: int = 0
 
     def __post_init__(self) -> None:
+        check_range(self, "n_samples", ge=0)
         if self.n_samples < 1 and not self.sample_ids:
             raise ValueError(f"n_samples must be >= 1 (or list sample_ids), got {self.n_samples}")
         if self.bootstrap_resamples < 100:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.core.urls import redact_text
 from pipeline.orchestration import tracking
 from pipeline.report.results import Run
 
@@ -93,5 +94,7 @@ def record(
             tracking.end_run(parent, "FINISHED")
         return parent
     except Exception as exc:
-        warnings.warn(f"report not recorded in MLflow ({type(exc).__name__}: {exc})", stacklevel=2)
+        warnings.warn(
+            f"report not recorded in MLflow ({type(exc).__name__}: {redact_text(str(exc))})", stacklevel=2
+        )
         return None

@@ -74,4 +74,3 @@ def seed_summary(values: Sequence[float]) -> dict[str, float | list[float] | Non
     std = float(np.std(values, ddof=1))
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1)) * std / math.sqrt(len(values))
     return {"mean": mean, "std": std, "ci95": [mean - half, mean + half]}
-

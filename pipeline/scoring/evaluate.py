@@ -21,13 +21,15 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
+from pipeline.core.config import check_range
 from pipeline.core.device import resolve_device
 from pipeline.core.directions import DIRECTIONS
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import atomic_file, write_json
 from pipeline.core.images import read_mask, read_rgb, resize_to
+from pipeline.core.progress import progress
+from pipeline.core.urls import redact_text
 from pipeline.cyclegan.checkpoint import load_checkpoint
 from pipeline.data.labels import CLASS_NAMES, NUM_CLASSES, decode_label_map
 from pipeline.data.manifest import image_id_key, read_manifest
@@ -60,10 +62,8 @@ class EvaluateConfig:
     fid: FidConfig = field(default_factory=FidConfig)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.log_samples < 0:
-            raise ValueError(f"log_samples must be >= 0, got {self.log_samples}")
+        check_range(self, "batch_size", ge=1)
+        check_range(self, "log_samples", ge=0)
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,9 @@ def decoded_confusions(
     decoded to class ids by nearest colour and scored against its class-id mask (the FCN score of G)."""
     out = np.zeros((len(label_maps), NUM_CLASSES, NUM_CLASSES + 1), dtype=np.int64)
     pairs = zip(label_maps, mask_paths, strict=True)
-    for index, (label_map, mask) in enumerate(tqdm(pairs, total=len(out), desc="photo2label", unit="img")):
+    for index, (label_map, mask) in enumerate(
+        progress(pairs, total=len(out), desc="photo2label", unit="img")
+    ):
         gt = read_mask(mask)
         rgb = label_map if isinstance(label_map, np.ndarray) else read_rgb(label_map)
         # Nearest, not bilinear: blending two class colours would invent a third class.
@@ -266,7 +268,8 @@ def run_evaluation(
         log_to_run(run_id, metrics, out_json, Path(translations_dir), cfg.log_samples, step)
     except Exception as exc:  # an unreachable store must not lose the scores
         warnings.warn(
-            f"scores not logged to MLflow run {run_id} ({type(exc).__name__}: {exc}); they are in {out_json}",
+            f"scores not logged to MLflow run {run_id} ({type(exc).__name__}: {redact_text(str(exc))}); "
+            f"they are in {out_json}",
             stacklevel=2,
         )
     return metrics

@@ -4,11 +4,20 @@ The weights are pytorch-fid's port of the TensorFlow FID Inception, found in the
 (where pytorch-fid's own download puts them) or in a local file named by ``evaluate.fid.weights``.
 Without them the score is not made up: `fid_between` returns ``FidResult(None, reason)`` and warns,
 or raises `PipelineError` when the config says FID is required. Random weights are never used.
+
+Wherever they come from, the weights must match their published hash (the ``6726825d`` in the
+file name: the first hex digits of its sha256, torch hub's ``check_hash`` convention) and are
+unpickled with ``weights_only=True``. pytorch-fid's own loader goes through torch hub, which unpickles
+with ``weights_only=False``: any file placed at the cache path could run code. So the pipeline
+downloads (with the hash check) and loads the file itself, and hands pytorch-fid the state dict.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
+import re
 import socket
 import warnings
 from collections.abc import Sequence
@@ -19,17 +28,22 @@ from unittest import mock
 
 import numpy as np
 import torch
+from pytorch_fid import fid_score
 from pytorch_fid import inception as fid_inception
 from pytorch_fid.fid_score import calculate_frechet_distance, get_activations
 from pytorch_fid.inception import InceptionV3
 
+from pipeline.core.config import check_range
 from pipeline.core.device import resolve_device
 from pipeline.core.errors import PipelineError
+from pipeline.core.progress import progress
 
 log = logging.getLogger(__name__)
 
 DIMS = 2048
-WEIGHTS_FILE = fid_inception.FID_WEIGHTS_URL.rsplit("/", 1)[-1]  # pt_inception-2015-12-05-6726825d.pth
+WEIGHTS_URL = fid_inception.FID_WEIGHTS_URL
+WEIGHTS_FILE = WEIGHTS_URL.rsplit("/", 1)[-1]  # pt_inception-2015-12-05-6726825d.pth
+WEIGHTS_HASH_PREFIX = re.search(r"-([a-f0-9]{8,})\.", WEIGHTS_FILE)[1]  # torch.hub.HASH_REGEX's rule
 # urllib waits forever by default; a firewalled (rather than offline) machine would hang the stage.
 DOWNLOAD_TIMEOUT_S = 60.0
 
@@ -44,8 +58,7 @@ class FidConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_range(self, "batch_size", ge=1)
 
 
 @dataclass
@@ -69,53 +82,71 @@ def load_inception(weights: str | Path | None = None, device: str | torch.device
     """pytorch-fid's ``InceptionV3`` returning pool3 features, in eval mode on `device`.
 
     With `weights`, the state dict comes from that file; otherwise from the torch hub cache, trying
-    pytorch-fid's download (bounded by `DOWNLOAD_TIMEOUT_S`) when it is not cached. Raises
-    `WeightsUnavailable` when neither works; `PipelineError` when a named or cached file is bad.
+    pytorch-fid's download URL (bounded by `DOWNLOAD_TIMEOUT_S`) when it is not cached. Either file
+    must match `WEIGHTS_HASH_PREFIX`. Raises `WeightsUnavailable` when there is no file and no
+    download; `PipelineError` when a named or cached file is wrong.
     """
-    model = _inception_from_file(Path(weights).expanduser()) if weights is not None else _inception_from_hub()
-    return model.eval().to(device)
-
-
-def _inception_from_file(path: Path) -> InceptionV3:
-    if not path.is_file():
-        raise PipelineError(
-            f"evaluate.fid.weights={path} does not exist: point it at a copy of {WEIGHTS_FILE} "
-            "or set it to null to use the torch hub cache"
-        )
-
-    def local_state_dict(*_args, **_kwargs):
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-    # pytorch-fid builds its patched Inception and loads the state dict in one function; swapping only
-    # the loader keeps its exact architecture code and its strict key checking.
-    try:
-        with mock.patch.object(fid_inception, "load_state_dict_from_url", local_state_dict):
-            return InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[DIMS]])
-    except Exception as exc:  # unpickling error or a strict load_state_dict mismatch
-        raise PipelineError(
-            f"evaluate.fid.weights={path} is not the FID Inception state dict ({exc}): "
-            f"use pytorch-fid's {WEIGHTS_FILE}"
-        ) from None
-
-
-def _inception_from_hub() -> InceptionV3:
-    cached = cached_weights_path()
-    if cached.is_file():
-        try:
-            return InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[DIMS]])  # hub finds the cached file
-        except Exception as exc:  # a truncated or foreign file under the expected name
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
             raise PipelineError(
-                f"{cached} is not a valid FID Inception state dict ({exc}): delete it so pytorch-fid "
-                "downloads it again, or set evaluate.fid.weights to a good copy"
-            ) from None
-    log.info("%s not in the torch hub cache; trying pytorch-fid's download", WEIGHTS_FILE)
+                f"evaluate.fid.weights={path} does not exist: point it at a copy of {WEIGHTS_FILE} "
+                "or set it to null to use the torch hub cache"
+            )
+        origin, fix = f"evaluate.fid.weights={path}", f"use pytorch-fid's {WEIGHTS_FILE}"
+    else:
+        path = cached_weights_path()
+        if not path.is_file():
+            _download(path)
+        origin, fix = str(path), "delete it so that it is downloaded again, or set evaluate.fid.weights"
+    return _inception_with(_verified_state_dict(path, origin, fix), origin, fix).eval().to(device)
+
+
+def _verified_state_dict(path: Path, origin: str, fix: str) -> dict[str, torch.Tensor]:
+    """The file's state dict, once its sha256 starts with the published prefix; unpickled safely."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    if not digest.hexdigest().startswith(WEIGHTS_HASH_PREFIX):
+        raise PipelineError(
+            f"{origin} is not pytorch-fid's {WEIGHTS_FILE}: its sha256 starts {digest.hexdigest()[:8]}, "
+            f"the published one {WEIGHTS_HASH_PREFIX}; refused unread: {fix}"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a pickle that is more than tensors, or a truncated file
+        raise PipelineError(f"{origin} cannot be loaded as plain tensors ({exc}): {fix}") from None
+
+
+def _inception_with(state_dict: dict[str, torch.Tensor], origin: str, fix: str) -> InceptionV3:
+    # pytorch-fid builds its patched Inception and loads the state dict in one function; swapping only
+    # its loader keeps its exact architecture code and its strict key checking.
+    try:
+        with mock.patch.object(fid_inception, "load_state_dict_from_url", lambda *_a, **_k: state_dict):
+            return InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[DIMS]])
+    except Exception as exc:  # a strict load_state_dict mismatch
+        raise PipelineError(f"{origin} is not the FID Inception state dict ({exc}): {fix}") from None
+
+
+def _download(path: Path) -> None:
+    """pytorch-fid's weights into the torch hub cache, checked against their hash before they land."""
+    log.info("%s not in the torch hub cache; downloading %s", WEIGHTS_FILE, WEIGHTS_URL)
+    path.parent.mkdir(parents=True, exist_ok=True)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        return InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[DIMS]])
+        # Into a temp file beside `path`, hash-checked, then moved: a bad download never lands there.
+        torch.hub.download_url_to_file(
+            WEIGHTS_URL, str(path), hash_prefix=WEIGHTS_HASH_PREFIX, progress=False
+        )
+    except RuntimeError as exc:  # torch hub's "invalid hash value"
+        raise PipelineError(
+            f"the download of {WEIGHTS_URL} does not match its published hash ({exc})"
+        ) from None
     except Exception as exc:  # URLError, timeouts, HTTP errors
         raise WeightsUnavailable(
-            f"the FID Inception weights are not in the torch hub cache ({cached}) and could not be "
+            f"the FID Inception weights are not in the torch hub cache ({path}) and could not be "
             f"downloaded ({type(exc).__name__}: {exc}); put {WEIGHTS_FILE} at that path or set "
             "evaluate.fid.weights to a local copy"
         ) from None
@@ -134,10 +165,12 @@ def activations(
     if not paths:
         raise PipelineError("no images to compute FID features for: check the image folders")
     files = [str(p) for p in paths]
+    bar = functools.partial(progress, desc="FID features", unit="batch")  # pytorch-fid's own bar, tamed
     try:
-        return get_activations(
-            files, model, batch_size=min(batch_size, len(files)), dims=DIMS, device=device, num_workers=0
-        )
+        with mock.patch.object(fid_score, "tqdm", bar):
+            return get_activations(
+                files, model, batch_size=min(batch_size, len(files)), dims=DIMS, device=device, num_workers=0
+            )
     except RuntimeError as exc:
         if "stack expects each tensor to be equal size" in str(exc):
             raise PipelineError(

@@ -3,14 +3,12 @@
 `translate_val` is the DVC stage's work: every val photo through G and every val label map through F,
 saved as PNG (JPEG artefacts would change the scores) under the val ids. `translate_folder` is the
 user-facing `cyclegan translate`: any folder of images, either direction, optional resize.
-Both write into a temporary folder beside the output and move it into place when complete.
+Both write into a staging folder and move the results into place only when all are complete.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,19 +18,21 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 from PIL import Image
-from tqdm import tqdm
 
+from pipeline.core.config import check_range
 from pipeline.core.device import resolve_device
 from pipeline.core.directions import DIRECTIONS, Direction
 from pipeline.core.errors import PipelineError
-from pipeline.core.fileio import publish_dir, staging_dir
+from pipeline.core.fileio import publish_dir, publish_entries, staging_dir
 from pipeline.core.images import list_images as _list_images
 from pipeline.core.images import read_rgb, resize_to, save_png, stack_to_model, to_uint8
+from pipeline.core.progress import progress
 from pipeline.cyclegan.checkpoint import LoadedGenerators, load_generators
 from pipeline.data.manifest import read_manifest
 
 # The generator halves the resolution twice: sides must be multiples of 4 (others are padded, then cropped).
 SIDE_MULTIPLE = 4
+STAGING_NAME = "cyclegan-translate"  # `cyclegan translate` stages in OUTPUT/.cyclegan-translate-staging-*
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif"})
 
 
@@ -44,8 +44,7 @@ class TranslateConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_range(self, "batch_size", ge=1)
 
 
 def load_translator(checkpoint: str | os.PathLike, device: torch.device) -> LoadedGenerators:
@@ -108,7 +107,7 @@ def _translate_files(
     """Translate each ``(source, target)`` file pair; returns how many were written."""
     targets = dict(jobs)
     written = 0
-    with tqdm(total=len(jobs), desc=desc, unit="img") as bar:
+    with progress(total=len(jobs), desc=desc, unit="img") as bar:
         for sources, images in _batches([source for source, _ in jobs], batch_size, size):
             for source, pixels in zip(sources, run_generator(net, images, device), strict=True):
                 save_png(pixels, targets[source])
@@ -170,6 +169,24 @@ def list_images(input_dir: Path) -> list[Path]:
     return files
 
 
+def _check_output_folder(output_dir: Path, names: list[str]) -> None:
+    """Refuse, before any work, an output folder that is a file or cannot be written, and outputs
+    that would replace a folder."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise PipelineError(f"output folder {output_dir} is a file: choose a folder (it is made if missing)")
+    existing = next(folder for folder in (output_dir, *output_dir.parents) if folder.exists())
+    if not existing.is_dir():
+        raise PipelineError(f"cannot make output folder {output_dir}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+        why = "it is on a read-only file system" if read_only else "permission denied"
+        raise PipelineError(f"cannot write into {existing} ({why}): choose an output folder you can write to")
+    for name in names:
+        target = output_dir / name
+        if target.exists() and not target.is_file():
+            raise PipelineError(f"{target} exists and is not a file: move it away, or choose another folder")
+
+
 def translate_folder(
     checkpoint: str | os.PathLike,
     input_dir: str | os.PathLike,
@@ -182,8 +199,11 @@ def translate_folder(
     """Translate every image in `input_dir` with the checkpoint's G (photo2label) or F (label2photo).
 
     Writes ``output_dir/<stem>.png`` for each input (PNG whatever the input format), optionally
-    resizing inputs to ``size x size`` first; returns the number written. Files already in
-    `output_dir` are kept unless overwritten; the new ones appear only once all are done.
+    resizing inputs to ``size x size`` first; returns the number written. Inputs are read as
+    `pipeline.core.images.to_rgb` says (EXIF orientation, 16-bit, palette, alpha). Files already in
+    `output_dir` are kept unless overwritten; the new ones appear only once all are done, all
+    together. An output path that is a file, a folder that cannot be written, an unknown device or an
+    unreadable image is a `PipelineError`, and then nothing is written.
     """
     if direction not in DIRECTIONS:
         raise PipelineError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
@@ -203,16 +223,14 @@ def translate_folder(
                 f"{path.stem}.png: rename one"
             )
         stems[path.stem] = path
+    _check_output_folder(output_dir, [f"{stem}.png" for stem in stems])
     torch_device = resolve_device(device, "--device")
     nets = load_translator(checkpoint, torch_device)
     net = nets.generator(direction)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".translate-", dir=output_dir))
-    try:
+    # Staged inside the output folder (the user's folder may sit in one they cannot write to), as
+    # .cyclegan-translate-staging-*: a killed run's is removed by the next run into the same folder.
+    with staging_dir(output_dir / STAGING_NAME) as tmp:
         jobs = [(path, tmp / f"{path.stem}.png") for path in files]
         written = _translate_files(net, jobs, torch_device, batch_size, size, direction)
-        for _, target in jobs:
-            os.replace(target, output_dir / target.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        publish_entries(tmp, output_dir)
     return written

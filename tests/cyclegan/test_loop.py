@@ -19,7 +19,16 @@ from pipeline.data.domains import UnpairedSampler, load_domain, load_training_do
 from pipeline.data.labels import colorize
 from stages.train import main as train_main
 from tests.factories import TINY_TRAIN as TINY
-from tests.factories import make_split, poison_loss, run_child, weights, write_params
+from tests.factories import (
+    make_split,
+    poison_loss,
+    run_child,
+    run_file_size_limited,
+    run_killed_in_save,
+    run_script,
+    weights,
+    write_params,
+)
 
 pytestmark = pytest.mark.usefixtures("private_tracking_store")
 
@@ -164,6 +173,37 @@ def test_nan_loss_stops_naming_step_and_term(split_dir, tmp_path, monkeypatch):
 # --- resume: real processes, real signals -----------------------------------------------------------
 
 
+def assert_same_checkpoint(a: object, b: object, where: str = "checkpoint") -> None:
+    """Every entry equal, tensors bit for bit (the MLflow run id aside: each run has its own)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            if key != "mlflow_run_id":
+                assert_same_checkpoint(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        assert len(a) == len(b), where
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_checkpoint(x, y, f"{where}[{index}]")
+    elif torch.is_tensor(a):
+        assert torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+STAGE = "import sys, stages.train as stage; sys.exit(stage.main(sys.argv[1:]))"
+
+
+def test_two_identical_runs_give_identical_checkpoints_rng_states_included(split_dir, tmp_path):
+    cfg = dataclasses.replace(TINY, max_steps=12)
+    params = write_params(tmp_path / "params.yaml", cfg, {"cyclegan": LossSwitches()})
+    common = ["--params", str(params), "--variant", "cyclegan", "--split", str(split_dir)]
+    for name in ("a", "b"):  # separate processes: each starts torch afresh
+        child = run_script(STAGE, [*common, "--out", str(tmp_path / name)])
+        assert child.returncode == 0, child.stderr
+    first, second = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("a", "b"))
+    assert_same_checkpoint(first, second)
+
+
 def test_resume_after_sigkill_is_bit_identical(split_dir, tmp_path):
     cfg = dataclasses.replace(TINY, max_steps=20)
     params = write_params(tmp_path / "params.yaml", cfg, {"cyclegan": LossSwitches()})
@@ -184,7 +224,53 @@ def test_resume_after_sigkill_is_bit_identical(split_dir, tmp_path):
     resumed, reference = weights(killed / "checkpoint.pt"), weights(straight / "checkpoint.pt")
     assert resumed.keys() == reference.keys()
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    # ...and so is everything else: optimisers, pools, sampler, the saved RNG states, the history.
+    assert_same_checkpoint(
+        load_checkpoint(killed / "checkpoint.pt"), load_checkpoint(straight / "checkpoint.pt")
+    )
     assert load_checkpoint(killed / "checkpoint.pt")["mlflow_run_id"] == state["mlflow_run_id"]
+
+
+def test_a_kill_during_torch_save_leaves_nothing_inside_the_output_folder(split_dir, tmp_path):
+    cfg = dataclasses.replace(TINY, max_steps=20)
+    params = write_params(tmp_path / "params.yaml", cfg, {"cyclegan": LossSwitches()})
+    out = tmp_path / "models" / "cyclegan"
+    args = ["--params", str(params), "--variant", "cyclegan", "--split", str(split_dir), "--out", str(out)]
+    child = run_killed_in_save(2, args)  # the step-10 checkpoint is saved, the final one is not
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert [p.name for p in out.iterdir()] == ["checkpoint.pt"]  # what DVC would cache: no temp file
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 10
+    assert len(list((tmp_path / "models").glob(".cyclegan.checkpoint.pt.*.tmp"))) == 1  # the half save
+
+    assert train_main(args) == 0
+    assert load_checkpoint(out / "checkpoint.pt")["finished"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["cyclegan"]  # swept
+    assert [p.name for p in out.iterdir()] == ["checkpoint.pt"]
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(split_dir, tmp_path):
+    params = write_params(
+        tmp_path / "params.yaml", dataclasses.replace(TINY, max_steps=10), {"cyclegan": LossSwitches()}
+    )
+    out = tmp_path / "models" / "cyclegan"
+    args = ["--params", str(params), "--variant", "cyclegan", "--split", str(split_dir), "--out", str(out)]
+    assert train_main(args) == 0
+    previous = (out / "checkpoint.pt").read_bytes()
+    # max_steps does not invalidate the checkpoint: the run resumes at step 10, its save at 20 fails.
+    write_params(params, dataclasses.replace(TINY, max_steps=20), {"cyclegan": LossSwitches()})
+    child = run_file_size_limited(len(previous) // 2, "stages.train", args)
+    assert child.returncode == 1, child.stderr
+    assert "Traceback" not in child.stderr
+    last = child.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith("error: file too large")
+        and f"writing {out / 'checkpoint.pt'}: free some space" in last
+    )
+    assert (out / "checkpoint.pt").read_bytes() == previous  # the previous checkpoint, intact
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "models").rglob("*")) == [
+        "models/cyclegan",
+        "models/cyclegan/checkpoint.pt",
+    ]  # and no temp file anywhere
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_143(split_dir, tmp_path):
@@ -216,6 +302,21 @@ def test_stage_rejects_unknown_variant(split_dir, tmp_path, capsys):
         ["--params", str(params), "--variant", "nope", "--seed", "0", "--split", str(split_dir), "--out", "x"]
     )
     assert code == 1 and "variant 'nope' is not in" in capsys.readouterr().err
+
+
+def test_params_are_refused_before_any_data_or_tracking(tmp_path, capsys, monkeypatch):
+    # Neither the split nor the store exists: the first complaint must be the params.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    params = tmp_path / "params.yaml"
+    args = ["--params", str(params), "--split", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m")]
+    write_params(params, dataclasses.replace(TINY, beta1=0.5), {"cyclegan": LossSwitches()})
+    params.write_text(params.read_text().replace("beta1: 0.5", "beta1: 1.0"))
+    assert train_main([*args, "--variant", "cyclegan"]) == 1
+    assert capsys.readouterr().err == "error: train.beta1 must be in [0, 1), got 1.0\n"
+    write_params(params, TINY, {"cyclegan": LossSwitches(), "gan;rm -rf x": LossSwitches()})
+    assert train_main([*args, "--variant", "cyclegan"]) == 1
+    assert "variant name 'gan;rm -rf x'" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
 
 
 def test_checkpoint_records_the_resolved_config(split_dir, tmp_path):

@@ -202,6 +202,34 @@ def test_http_404_fails_at_once(tmp_path, serve):
     assert_untouched(out)
 
 
+def _with_secrets(url: str) -> str:
+    return url.replace("http://", "http://alice:s3cret@") + "?token=abc"
+
+
+def test_credentials_and_query_of_the_url_reach_no_record_and_no_message(
+    tmp_path, pix2pix_archive, serve, monkeypatch, capsys
+):
+    url = _with_secrets(serve(Served(pix2pix_archive.read_bytes())))
+    monkeypatch.setenv(SOURCE_ENV, url)
+    params = tmp_path / "params.yaml"
+    params.write_text("data:\n  source: unused\n  retries: 0\n  expected_counts: {train: 12, val: 4}\n")
+    out = tmp_path / "data" / "raw"
+    assert main(["--params", str(params), "--out", str(out)]) == 0
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["source"] == re.sub(r"alice:s3cret@(.*)\?token=abc", r"***@\1?***", url)
+    shown = capsys.readouterr()
+    records = [shown.out, shown.err, *(p.read_text() for p in tmp_path.rglob("*.json"))]
+    assert not [text for text in records if "s3cret" in text or "token=abc" in text]
+
+    monkeypatch.delenv(SOURCE_ENV)
+    served = serve(Served(b"", status=404))  # and the error of a failing download
+    with pytest.raises(
+        PipelineError, match=r"\*\*\*@127\.0\.0\.1:\d+/.*\?\*\*\* answered HTTP 404"
+    ) as failed:
+        download(tiny_cfg(_with_secrets(served)), tmp_path / "other" / "raw")
+    assert "s3cret" not in str(failed.value) and "token" not in str(failed.value)
+
+
 def test_http_500_is_retried_then_fails(tmp_path, serve):
     served = Served(b"", status=500)
     with pytest.raises(PipelineError, match=r"HTTP 500 .*after 3 attempts"):
@@ -347,6 +375,14 @@ def test_env_var_overrides_source(tmp_path, pix2pix_archive, monkeypatch):
     cfg = tiny_cfg(f"http://127.0.0.1:{closed_port()}/never-used.tar.gz")
     assert resolve_source(cfg).location == str(pix2pix_archive)
     assert download(cfg, tmp_path / "data" / "raw")["source"] == str(pix2pix_archive)
+
+
+def test_staging_folders_of_a_killed_run_are_removed(tmp_path, pix2pix_archive):
+    out = populated_out(tmp_path)
+    for stale in (".raw-staging-k1lled", ".raw-staging-k1lled-old-x"):
+        (out.parent / stale / "cityscapes").mkdir(parents=True)
+    download(tiny_cfg(pix2pix_archive), out)
+    assert list(out.parent.iterdir()) == [out]
 
 
 def test_missing_local_source(tmp_path):

@@ -129,6 +129,13 @@ def test_skip_mode_counts_bad_images(pix2pix_tree, tmp_path):
     assert "5" not in set(read_manifest(tmp_path / "split")["image_id"])
 
 
+def test_staging_folders_of_a_killed_run_are_removed(pix2pix_tree, tmp_path):
+    out = tmp_path / "data" / "split"
+    (tmp_path / "data" / ".split-staging-k1lled" / "val").mkdir(parents=True)
+    split(pix2pix_tree, out, CFG)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["split"]
+
+
 def test_stage_reports_missing_raw_folder_in_one_line(tmp_path, capsys):
     params = tmp_path / "params.yaml"
     params.write_text("split: {seed: 0}\n")

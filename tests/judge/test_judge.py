@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -173,3 +174,40 @@ def test_stage_writes_the_metrics_json(split_dir, tmp_path, capsys):
     params.write_text("judge: {widht: 4}\n")
     assert stage.main([*argv, "--metrics", str(metrics)]) == 1
     assert "judge.widht" in capsys.readouterr().err
+
+
+# --- a diverged judge never scores ---------------------------------------------------------------------
+
+
+def test_a_diverging_judge_stops_naming_step_and_term_and_leaves_no_scores(split_dir, tmp_path, capsys):
+    # lr 1e12: the loss is inf or NaN within a few steps, for real.
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "judge: {device: cpu, image_size: 32, epochs: 4, batch_size: 2, width: 4, lr: 1.0e+12,"
+        " checkpoint_every: 1, warmup_fraction: 0.0}\n"
+    )
+    metrics = tmp_path / "metrics" / "fcn.json"
+    argv = ["--params", str(params), "--split", str(split_dir), "--out", str(tmp_path / "fcn")]
+    assert stage.main([*argv, "--metrics", str(metrics)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"error: judge: loss_ce \(cross-entropy\) is (nan|inf) at step \d+ of 12: .*judge\.lr.*", err
+    )
+    assert not metrics.exists()
+    saved = torch.load(tmp_path / "fcn" / "checkpoint.pt", weights_only=True)
+    assert not saved["finished"] and all(
+        v.isfinite().all() for v in saved["net"].values() if v.is_floating_point()
+    )
+
+
+def test_a_judge_with_nan_weights_is_never_loaded_or_reused(split_dir, tmp_path):
+    train_judge(split_dir, tmp_path / "fcn", tiny())
+    path = tmp_path / "fcn" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    name = next(k for k, v in state["net"].items() if v.is_floating_point())
+    state["net"][name] = torch.full_like(state["net"][name], float("nan"))
+    torch.save(state, path)
+    with pytest.raises(PipelineError, match=rf"has NaN/inf weights \({re.escape(name)}\): it diverged"):
+        load_judge(path)
+    with pytest.raises(PipelineError, match="has NaN/inf weights"):
+        train_judge(split_dir, tmp_path / "fcn", tiny())  # finished with this config: scoring only

@@ -90,6 +90,16 @@ def test_bad_override_fails_before_touching_params(project: Path):
     assert sorted(p.name for p in project.iterdir()) == ["dvc.yaml", "params.yaml"]  # no scratch, no backup
 
 
+def test_a_variant_name_that_is_not_a_plain_word_is_refused(project: Path):
+    params = project / "params.yaml"
+    with pytest.raises(PipelineError, match=r"variant name 'x-y' .* must match \^\[A-Za-z0-9_\]\+\$"):
+        apply_params_overrides(params, ["++variants.x-y={adversarial:true}"])
+    assert params.read_text() == PARAMS
+    params.write_text(PARAMS.replace("  c: {adversarial: true}", "  c$(id): {adversarial: true}"))
+    with pytest.raises(PipelineError, match=r"variant name 'c\$\(id\)'"):
+        apply_params_overrides(params, ["train.max_steps=5"])
+
+
 def test_variant_selection_is_an_override(project: Path):
     change = apply_params_overrides(project / "params.yaml", [], variants=["c", "a"])
     assert change.overrides == ["~variants.b"]
@@ -231,6 +241,41 @@ def test_flow_runs_stages_in_order_and_records_the_parent(project, prefect_api, 
 
     with get_client(sync_client=True) as client:
         assert client.read_concurrency_limit_by_tag("gpu").concurrency_limit == 8
+
+
+def test_credentials_in_overrides_reach_neither_mlflow_nor_prefect(
+    project, prefect_api, mlflow_store, recorder, tmp_path
+):
+    import mlflow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.logging.handlers import APILogWorker
+
+    override = "data.source='http://alice:s3cret@example.invalid/c.tar.gz?token=abc'"
+    state = ablation_with_recorder(["a"], [override], str(project), return_state=True)
+    assert state.is_completed(), state.message
+    flow_run_id = state.state_details.flow_run_id
+    parent = _parent(mlflow_store, flow_run_id)
+    assert "***@example.invalid/c.tar.gz?***" in parent.data.tags["cyclegan.overrides"]
+    artifacts = Path(
+        mlflow.MlflowClient(mlflow_store).download_artifacts(parent.info.run_id, "params", str(tmp_path))
+    )
+    recorded = [parent.data.tags["cyclegan.overrides"], *(p.read_text() for p in artifacts.iterdir())]
+
+    APILogWorker.drain_all(timeout=10)  # the run's log lines reach the API in batches
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        notes = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    recorded += [log.message for log in logs] + [str(note.data) for note in notes]
+    assert any("***@example.invalid" in text for text in recorded[2:])  # the override was logged...
+    assert not [text for text in recorded if "s3cret" in text or "token=abc" in text]  # ...redacted
 
 
 def test_gpu_limit_is_created_once_and_then_left_to_the_team(prefect_api):

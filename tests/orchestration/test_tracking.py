@@ -13,6 +13,7 @@ import torch
 
 from pipeline.core.config import PROJECT_ROOT
 from pipeline.core.signals import Interrupted
+from pipeline.core.urls import redact_url
 from pipeline.cyclegan.identity import ablation_key, data_fingerprint
 from pipeline.cyclegan.loop import train_variant
 from pipeline.cyclegan.losses import LossSwitches
@@ -41,7 +42,7 @@ def test_tracking_uri_defaults_to_the_sqlite_file_of_the_project_it_runs_in(monk
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:secret@mlflow:5000/?token=x")
     assert tracking.tracking_uri() == "http://user:secret@mlflow:5000/?token=x"
-    assert tracking.redacted(tracking.tracking_uri()) == "http://mlflow:5000/"
+    assert redact_url(tracking.tracking_uri()) == "http://***@mlflow:5000/?***"
 
 
 def test_artifacts_go_beside_the_sqlite_file(tmp_path):
@@ -72,6 +73,7 @@ def test_a_parent_deleted_by_hand_is_replaced():
 
 OPEN_PARENT = """
 import sys, time
+from pipeline.core.urls import redact_url
 from pipeline.orchestration import tracking
 start = float(sys.argv[1])
 while time.time() < start:

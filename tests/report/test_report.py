@@ -220,6 +220,7 @@ def test_missing_files_are_clear_errors(inputs, tmp_path):
 
 def test_rebuilding_replaces_the_report_atomically(inputs, fast_plots, tmp_path):
     out = tmp_path / "reports"
+    (tmp_path / ".reports-staging-k1lled-old-x" / "plots").mkdir(parents=True)  # a killed run's
     _build(inputs, out, track=False)
     (out / "plots" / "stale.png").write_text("old")
     (out / ".gitignore").write_text("/plots\n")  # DVC's: not the report's to delete

@@ -282,3 +282,22 @@ def test_stage_runs_from_params(split_dir, tmp_path, colour_judge, capsys):
     params.write_text("evaluate:\n  fid:\n    batch_size: 0\n")
     assert evaluate_stage.main(argv) == 1
     assert "batch_size" in capsys.readouterr().err
+
+
+def test_a_nan_metric_is_an_error_not_a_crash_in_json_writing(
+    split_dir, tmp_path, colour_judge, monkeypatch, capsys
+):
+    translations = write_translations(tmp_path / "translations", split_dir, colorize, colorize)
+    monkeypatch.setattr(evaluate_module, "fid_between", lambda fake, real, cfg: FidResult(float("nan")))
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate:\n  batch_size: 2\n  device: cpu\n")
+    out = tmp_path / "metrics" / "cyclegan.json"
+    argv = ["--params", str(params), "--variant", "cyclegan", "--translations", str(translations)]
+    assert evaluate_stage.main([*argv, "--split", str(split_dir), "--judge", "j.pt", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert (
+        last.startswith("error: refusing to write ")
+        and "fid/label2photo (nan), fid/photo2label (nan)" in last
+    )
+    assert "Traceback" not in err and not out.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import urllib.error
 from pathlib import Path
 
@@ -55,6 +56,24 @@ def random_inception_weights(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture
+def published(monkeypatch, random_inception_weights) -> Path:
+    """The random weights, as if they were the published ones (their hash prefix made the expected one)."""
+    digest = hashlib.sha256(random_inception_weights.read_bytes()).hexdigest()
+    monkeypatch.setattr(fid, "WEIGHTS_HASH_PREFIX", digest[:8])
+    return random_inception_weights
+
+
+class RunsCode:
+    """Unpickling this creates `marker`: what a hostile pickle at the weights' path would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
 def test_identical_feature_sets_give_zero():
     acts = np.random.default_rng(0).normal(size=(200, 8))
     assert frechet_distance(acts, acts) == pytest.approx(0.0, abs=1e-6)
@@ -91,33 +110,79 @@ def test_missing_local_weights_file_is_an_error(tmp_path):
         load_inception(tmp_path / "nope.pth")
 
 
-def test_local_weights_file_is_loaded_and_gives_2048_features(
-    tmp_path, offline_hub, random_inception_weights
-):
-    model = load_inception(random_inception_weights)
-    saved = torch.load(random_inception_weights, weights_only=True)
+def test_local_weights_file_is_loaded_and_gives_2048_features(tmp_path, offline_hub, published):
+    model = load_inception(published)
+    saved = torch.load(published, weights_only=True)
     assert torch.equal(model.blocks[0][0].conv.weight, saved["Conv2d_1a_3x3.conv.weight"])
     acts = activations(write_images(tmp_path / "a", 2, seed=0), model, batch_size=2)
     assert acts.shape == (2, 2048) and np.isfinite(acts).all()
 
 
-def test_fid_between_feeds_both_feature_sets_to_the_distance(
-    tmp_path, offline_hub, random_inception_weights, monkeypatch
-):
+def test_fid_between_feeds_both_feature_sets_to_the_distance(tmp_path, offline_hub, published, monkeypatch):
     # The distance of 2048-d features is ~10 s of sqrtm on CPU; its maths is tested above.
     seen = []
     monkeypatch.setattr(fid, "frechet_distance", lambda a, b: seen.append((a.shape, b.shape)) or 1.5)
     result = fid_between(
         write_images(tmp_path / "a", 3, seed=0),
         write_images(tmp_path / "b", 2, seed=1),
-        FidConfig(weights=str(random_inception_weights), batch_size=2, device="cpu"),
+        FidConfig(weights=str(published), batch_size=2, device="cpu"),
     )
     assert result == fid.FidResult(1.5, None)
     assert seen == [((3, 2048), (2, 2048))]
 
 
-def test_a_foreign_state_dict_is_rejected(tmp_path):
+def test_a_foreign_state_dict_is_rejected(tmp_path, monkeypatch):
     path = tmp_path / "foreign.pth"
     torch.save({"weight": torch.zeros(1)}, path)
+    with pytest.raises(
+        PipelineError, match=r"foreign\.pth is not pytorch-fid's .*the published one 6726825d"
+    ):
+        load_inception(path)
+    monkeypatch.setattr(fid, "WEIGHTS_HASH_PREFIX", hashlib.sha256(path.read_bytes()).hexdigest()[:8])
     with pytest.raises(PipelineError, match="not the FID Inception state dict"):
         load_inception(path)
+
+
+# --- nothing let in: the weights are checked against their hash and never unpickled with code -----------
+
+
+def test_the_published_hash_is_the_one_in_pytorch_fids_url():
+    assert fid.WEIGHTS_HASH_PREFIX == "6726825d" and fid.WEIGHTS_URL.endswith("-6726825d.pth")
+
+
+def test_a_pickle_at_the_hub_cache_path_never_runs(tmp_path, offline_hub, monkeypatch):
+    marker = tmp_path / "pwned"
+    cached = fid.cached_weights_path()
+    assert cached.parent == offline_hub / "checkpoints"  # the path the README names
+    cached.parent.mkdir(parents=True)
+    torch.save({"Conv2d_1a_3x3.conv.weight": RunsCode(marker)}, cached)
+    with pytest.raises(PipelineError, match=r"is not pytorch-fid's .*refused unread"):
+        load_inception()
+    assert not marker.exists()
+    # Even a file that matched the hash would be unpickled as plain tensors only.
+    monkeypatch.setattr(fid, "WEIGHTS_HASH_PREFIX", hashlib.sha256(cached.read_bytes()).hexdigest()[:8])
+    with pytest.raises(PipelineError, match="cannot be loaded as plain tensors"):
+        load_inception()
+    assert not marker.exists()
+
+
+def test_a_pickle_named_in_the_config_never_runs(tmp_path, monkeypatch):
+    marker, path = tmp_path / "pwned", tmp_path / "weights.pth"
+    torch.save(RunsCode(marker), path)
+    monkeypatch.setattr(fid, "WEIGHTS_HASH_PREFIX", hashlib.sha256(path.read_bytes()).hexdigest()[:8])
+    with pytest.raises(PipelineError, match=r"evaluate\.fid\.weights=.* cannot be loaded as plain tensors"):
+        load_inception(path)
+    assert not marker.exists()
+
+
+def test_the_download_is_hash_checked_then_loaded_safely(tmp_path, offline_hub, published, monkeypatch):
+    requests = []
+
+    def download(url, dst, hash_prefix=None, progress=True):
+        requests.append((url, hash_prefix))
+        Path(dst).write_bytes(published.read_bytes())
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    model = load_inception()
+    assert requests == [(fid.WEIGHTS_URL, fid.WEIGHTS_HASH_PREFIX)]
+    assert fid.cached_weights_path().is_file() and model.blocks[0][0].conv.weight.shape[0] == 32

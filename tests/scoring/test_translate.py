@@ -62,6 +62,21 @@ def test_translate_val_replaces_old_output_and_leaves_no_temp_folders(split_dir,
     assert [p.name for p in out.parent.iterdir()] == ["cyclegan"]
 
 
+def test_staging_folders_of_a_killed_run_are_removed(split_dir, checkpoint, tmp_path):
+    out = tmp_path / "translations" / "cyclegan"
+    (out.parent / ".cyclegan-staging-k1lled" / "photo2label").mkdir(parents=True)
+    translate_val(checkpoint, split_dir, out, TranslateConfig(device="cpu"))
+    assert [p.name for p in out.parent.iterdir()] == ["cyclegan"]
+
+    inputs, mine = tmp_path / "in", tmp_path / "mine"
+    inputs.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(inputs / "1.png")
+    (mine / ".cyclegan-translate-staging-k1lled").mkdir(parents=True)  # `cyclegan translate`'s
+    (mine / "notes.txt").write_text("the user's own file")
+    translate_folder(checkpoint, inputs, mine, "photo2label", device="cpu")
+    assert sorted(p.name for p in mine.iterdir()) == ["1.png", "notes.txt"]
+
+
 def test_batching_does_not_change_results(split_dir, checkpoint, tmp_path):
     one, many = tmp_path / "one", tmp_path / "many"
     translate_val(checkpoint, split_dir, one, TranslateConfig(batch_size=1, device="cpu"))
