@@ -386,7 +386,7 @@ def log_generators(run_id: str, nets: Any, image_size: int) -> None:
     mlflow.set_tracking_uri(tracking_uri())
     example = np.zeros((1, 3, image_size, image_size), dtype=np.float32)
     # Any batch and any size that is a multiple of 4: the generators are fully convolutional.
-    images = Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), "images in [-1, 1]")])
+    images = Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))])  # unnamed: one array, not a dict
     signature = ModelSignature(inputs=images, outputs=images)
     requirements = [f"torch=={str(torch.__version__).split('+')[0]}", "numpy"]
     with mlflow.start_run(run_id=run_id):  # the fluent API logs models only into an active run

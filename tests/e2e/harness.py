@@ -25,9 +25,6 @@ EXPERIMENT = "cyclegan-ablation"
 VARIANTS = ["gan_only", "cyclegan"]
 RUN_TIMEOUT_S = 1500
 
-# Shrinks every stage to seconds. `++` sets a key whether or not params.yaml has it yet (a typo still
-# fails: the stage's config rejects unknown keys).
-
 
 def free_port() -> int:
     with socket.socket() as sock:
