@@ -22,7 +22,7 @@ from tests.factories import N_TRAIN, N_VAL, TINY_OVERRIDES  # noqa: F401 (re-exp
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 EXPERIMENT = "cyclegan-ablation"
-VARIANTS = ["gan_only", "cyclegan"]
+VARIANTS = ["cycle_only", "gan_only", "gan_forward", "gan_backward", "cyclegan"]  # the whole ablation
 RUN_TIMEOUT_S = 1500
 
 
@@ -97,10 +97,15 @@ class DeploymentRun:
 
 
 def run_deployment(
-    api: str, env: dict[str, str], cwd: Path, params: dict[str, str], log: Path
+    api: str,
+    env: dict[str, str],
+    cwd: Path,
+    params: dict[str, str],
+    log: Path,
+    deployment: str = "cyclegan/ablation",
 ) -> DeploymentRun:
     """Run the deployment through the CLI exactly as the README does and read back its flow run."""
-    argv = [str(VENV_BIN / "prefect"), "deployment", "run", "cyclegan/ablation", "--watch"]
+    argv = [str(VENV_BIN / "prefect"), "deployment", "run", deployment, "--watch"]
     argv += ["--watch-timeout", str(RUN_TIMEOUT_S)]
     for key, value in params.items():
         argv += ["--param", f"{key}={value}"]

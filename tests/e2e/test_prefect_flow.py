@@ -14,12 +14,16 @@ import yaml
 from tests.e2e.harness import (
     TINY_OVERRIDES,
     VARIANTS,
+    VENV_BIN,
+    Service,
     child_runs,
     dvc,
+    http_ok,
     parent_run,
     run_deployment,
     task_run_states,
 )
+from tests.factories import copy_project
 
 pytestmark = pytest.mark.e2e
 
@@ -44,13 +48,7 @@ def test_deployment_run_completes_and_leaves_dvc_clean(ablation_run, project, en
     # One parent run with the two variant runs nested under it, each holding the same FCN metrics.
     parent = parent_run(store_uri, run.flow_run["id"])
     assert parent.info.status == "FINISHED"
-    applied = json.loads(parent.data.params["overrides"])
-    assert applied == [
-        *TINY_OVERRIDES,
-        "~variants.cycle_only",
-        "~variants.gan_forward",
-        "~variants.gan_backward",
-    ]
+    assert json.loads(parent.data.tags["cyclegan.overrides"]) == TINY_OVERRIDES
     assert parent.data.tags.get("dvc.data_hash", "").endswith(".dir")
     assert parent.data.tags.get("mlflow.source.git.commit")
     children = {child.data.tags["cyclegan.variant"]: child for child in child_runs(store_uri, parent)}
@@ -85,7 +83,8 @@ def test_deployment_run_completes_and_leaves_dvc_clean(ablation_run, project, en
 
 def test_failing_variant_fails_the_flow_and_names_it(ablation_run, prefect_server, project, env, e2e_root):
     # An unknown key in one variant's switches makes only that variant's training raise.
-    params = {"variants": json.dumps(VARIANTS), "overrides": json.dumps(["++variants.gan_only.bogus=1"])}
+    pair = ["gan_only", "cyclegan"]
+    params = {"variants": json.dumps(pair), "overrides": json.dumps(["++variants.gan_only.bogus=1"])}
     run = run_deployment(prefect_server.url, env, project, params, e2e_root / "failing-run.log")
     print(f"e2e failing-variant run: {run.wall_s:.0f} s wall")
     assert run.returncode == 1, run.output[-6000:]
@@ -99,3 +98,30 @@ def test_failing_variant_fails_the_flow_and_names_it(ablation_run, prefect_serve
     assert states["train@gan_only-0"] == "FAILED"
     assert "translate@gan_only-0" not in states
     assert states["evaluate@cyclegan-0"] == "COMPLETED", states
+
+
+def test_serve_in_a_second_clone_runs_the_flow_in_that_clone(prefect_server, env, project, e2e_root):
+    """`cyclegan serve` started in another clone, with the first clone's virtualenv and no PYTHONPATH,
+    acts on the clone it was started in: that clone's dvc.lock and outputs, its `dvc status` clean."""
+    clone = copy_project(e2e_root / "second-clone", keep_lock=False, commit=True)
+    clone_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    first_lock = (project / "dvc.lock").read_text() if (project / "dvc.lock").is_file() else None
+    argv = [str(VENV_BIN / "cyclegan"), "serve", "--name", "second-clone"]
+    serve = Service.start("serve (second clone)", argv, clone_env, clone, e2e_root / "serve-second.log")
+    try:
+        url = f"{prefect_server.url}/deployments/name/cyclegan/second-clone"
+        serve.wait_until(lambda: http_ok(url), 120, "deployment cyclegan/second-clone registered")
+        fewer = ["~variants.cycle_only", "~variants.gan_forward", "~variants.gan_backward"]
+        params = {"overrides": json.dumps([*TINY_OVERRIDES, *fewer])}
+        log = e2e_root / "second-clone-run.log"
+        run = run_deployment(prefect_server.url, clone_env, clone, params, log, "cyclegan/second-clone")
+    finally:
+        serve.stop()
+    assert run.returncode == 0, run.output[-6000:]
+    assert f"for the project at {clone}" in (e2e_root / "serve-second.log").read_text()
+    assert (clone / "dvc.lock").is_file() and (clone / "reports" / "ablation.json").is_file()
+    status = dvc(clone, clone_env, "status", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout or "{}") == {}, status.stdout
+    # The first clone (whose package this virtualenv imports) was not touched.
+    now = (project / "dvc.lock").read_text() if (project / "dvc.lock").is_file() else None
+    assert now == first_lock
