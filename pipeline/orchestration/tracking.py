@@ -45,7 +45,11 @@ MARKER_TAG = "cyclegan.parent_run_id"
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log-batch limits
 MAX_METRICS_PER_BATCH = 1000
 # Bounded HTTP behaviour for tracking servers (MLflow's defaults retry for minutes and wait 120 s).
-HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+HTTP_SETTINGS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 PARENT_WAIT_S = 60.0  # how long a process waits for another one to create the shared parent
 RETRY_OFFLINE_S = 30.0  # how often a RunLogger whose store went away tries it again
 

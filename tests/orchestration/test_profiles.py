@@ -6,8 +6,9 @@ import yaml
 
 from pipeline.core.config import PROJECT_ROOT, from_mapping, read_params
 from pipeline.core.errors import PipelineError
-from pipeline.cyclegan.loop import TrainConfig
-from pipeline.orchestration.profiles import load_profile, set_params_args
+from pipeline.cyclegan.config import TrainConfig, target_steps
+from pipeline.data.split import SplitConfig
+from pipeline.orchestration.profiles import load_profile, matching_profile, set_params_args
 
 
 def test_paper_profile_sets_the_paper_settings():
@@ -20,6 +21,14 @@ def test_paper_profile_sets_the_paper_settings():
     assert (cfg.load_size, cfg.crop_size, cfg.ngf, cfg.ndf, cfg.n_blocks) == (143, 128, 64, 64, 6)
     assert (cfg.epochs_constant, cfg.epochs_decay, cfg.batch_size, cfg.max_images) == (100, 100, 1, None)
     assert (cfg.lr, cfg.beta1, cfg.beta2, cfg.lambda_cycle, cfg.pool_size) == (2e-4, 0.5, 0.999, 10.0, 50)
+    # The paper's protocol: all 2975 photos and all 2975 label maps, so 200 epochs are its 595k steps.
+    split = from_mapping(SplitConfig, params["split"], "split")
+    assert split.protocol == "paper"
+    assert target_steps(cfg, steps_per_epoch=max(2975, 2975) // cfg.batch_size) == 595_000
+    assert (
+        matching_profile(params) == "paper"
+        and matching_profile(read_params(PROJECT_ROOT / "params.yaml")) == "default"
+    )
 
 
 def test_profile_becomes_dvc_set_param_arguments(tmp_path):
