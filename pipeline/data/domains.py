@@ -4,10 +4,12 @@ Both domains are decoded once into uint8 tensors held in memory (2975 images at 
 so a training step does no file I/O; cropping, flipping and scaling to [-1, 1] are tensor ops that
 run wherever the tensors live (CPU here; the GPU once the fast path moves them there).
 
-Sampling follows the reference's unaligned dataset: an epoch has max(len(A), len(B)) examples, and
-photos and label maps are drawn independently (a fresh seeded permutation of each domain per epoch),
-so no photo is tied to a label map. Each image gets its own random crop and horizontal flip
-(paper: 143 -> 128, flipped with probability 1/2).
+Sampling: an epoch has max(len(A), len(B)) examples, as in the reference's unaligned dataset, and
+photos and label maps are drawn independently, so no photo is tied to a label map. Unlike the
+reference, which takes domain B images at random *with* replacement (`random.randint`), both domains
+are drawn from a fresh seeded permutation per epoch (without replacement, the smaller domain
+wrapping around). Each image gets its own random crop and horizontal flip (paper: 143 -> 128,
+flipped with probability 1/2).
 """
 
 from __future__ import annotations
@@ -167,7 +169,7 @@ class UnpairedSampler:
     """Seeded, resumable stream of (real_A, real_B) batches in [-1, 1].
 
     One step takes `batch_size` photos and `batch_size` label maps from per-epoch permutations of each
-    domain. The smaller domain wraps around, as the reference's `index % len` does. Its whole state
+    domain. The smaller domain wraps around (a second permutation). Its whole state
     (generator, permutations, position) is in `state_dict`, so a resumed run draws exactly what an
     uninterrupted run would have.
 

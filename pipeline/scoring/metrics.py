@@ -1,9 +1,13 @@
 """Segmentation scores of the paper's "FCN score": pixel accuracy, class accuracy, class IoU.
 
-One confusion matrix is accumulated over every image of a direction and scored once, as in the
-reference evaluation (pix2pix ``scripts/eval_cityscapes``). Rows are ground-truth classes, columns
-predicted classes plus one extra column for "predicted void": a pixel the prediction could not put
-in any of the 19 classes is wrong, never ignored. Void ground-truth pixels are ignored.
+One confusion matrix is accumulated over every image of a direction and scored once; the reference
+evaluation (pix2pix ``scripts/eval_cityscapes``) accumulates one too. Rows are ground-truth classes,
+columns predicted classes plus one extra column for "predicted void": a pixel the prediction could not
+put in any of the 19 classes is wrong, never ignored. Void ground-truth pixels are ignored.
+
+Where this differs from the reference: its ground truth is the official ``gtFine`` label ids at
+1024x2048 with outputs upsampled to that size; here it is the archive's colour label maps decoded by
+nearest colour at the evaluation size (the report lists these deviations beside its tables).
 """
 
 from __future__ import annotations
