@@ -254,7 +254,7 @@ def run_ablation(plan_path: Path) -> int:
             name,
             switches,
             cfg,
-            metrics_path=work / "plots" / "train" / f"{name}.csv",
+            metrics_path=work / "plots" / "train" / f"{name}-{cfg.seed}.csv",
             track=False,
         )
         times[name] = round(time.monotonic() - started, 1)
@@ -267,13 +267,13 @@ def run_ablation(plan_path: Path) -> int:
 
 
 def run_evaluation_phase(plan_path: Path) -> int:
-    """Translate and score every finished variant, then the report."""
-    import inspect
-
+    """Translate and score every finished variant, the floor and ceiling, then the report."""
     import pipeline.scoring.fid
     from pipeline.core.config import load_section
     from pipeline.cyclegan.checkpoint import load_checkpoint
     from pipeline.report.build import ReportConfig, build_report
+    from pipeline.report.paper import PAPER_ORDER
+    from pipeline.scoring.bounds import run_bounds
     from pipeline.scoring.evaluate import EvaluateConfig, run_evaluation
     from pipeline.scoring.translate import TranslateConfig, translate_val
 
@@ -283,37 +283,44 @@ def run_evaluation_phase(plan_path: Path) -> int:
     work, params = plan_path.parent, PROJECT_ROOT / "params.yaml"
     translate_cfg = load_section(params, "translate", TranslateConfig)
     evaluate_cfg = load_section(params, "evaluate", EvaluateConfig)
+    seed = plan["train"].get("seed", 0)
     done = []
     for name in VARIANT_ORDER:
         checkpoint = work / "models" / name / "checkpoint.pt"
         if not checkpoint.is_file() or not load_checkpoint(checkpoint).get("finished"):
             print(f"evaluate: {name} has no finished checkpoint: left out of the report", flush=True)
             continue
-        translate_val(checkpoint, plan["split"], work / "translations" / name, translate_cfg)
+        run = f"{name}-{seed}"
+        translate_val(checkpoint, plan["split"], work / "translations" / run, translate_cfg)
         run_evaluation(
             name,
-            work / "translations" / name,
+            work / "translations" / run,
             plan["split"],
             plan["judge"],
-            work / "metrics" / f"{name}.json",
+            work / "metrics" / f"{run}.json",
             evaluate_cfg,
             checkpoint=checkpoint,
+            confusion_npz=work / "confusion" / f"{run}.npz",
         )
         done.append(name)
         print(f"evaluate: {name} scored", flush=True)
     if not done:
         print("evaluate: nothing to report", flush=True)
         return 1
-    kwargs = {"track": False} if "track" in inspect.signature(build_report).parameters else {}
+    bounds = work / "metrics" / "bounds.json"
+    run_bounds(plan["split"], plan["judge"], bounds, work / "confusion" / "bounds.npz", evaluate_cfg)
     build_report(
+        [name for name in PAPER_ORDER if name in done],
+        [seed],
         work / "metrics",
-        plan.get("judge_metrics"),
+        work / "confusion",
+        bounds,
         work / "translations",
         plan["split"],
         work / "plots" / "train",
         work / "reports",
         load_section(params, "report", ReportConfig),
-        **kwargs,
+        track=False,
     )
     return 0
 
