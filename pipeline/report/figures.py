@@ -118,7 +118,9 @@ def plot_losses(curves: dict[str, pd.DataFrame], path: Path) -> bool:
         ax.set_xlabel("step")
     for ax in list(axes.flat)[len(terms) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+    # The legend where every run has a line (loss_G: every variant has it).
+    fullest = max(range(len(terms)), key=lambda i: sum(terms[i] in df.columns for df in curves.values()))
+    axes.flat[fullest].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
