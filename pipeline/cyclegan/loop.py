@@ -54,7 +54,7 @@ from pipeline.cyclegan.resume import config_record, resumable_checkpoint
 from pipeline.cyclegan.steps import LossLog, make_steps
 from pipeline.cyclegan.trainer import build_trainer
 from pipeline.data.domains import UnpairedSampler, load_training_domains
-from pipeline.orchestration import tracking
+from pipeline.orchestration import liveness, tracking
 
 SAMPLE_IMAGES = 4  # images per domain in the per-epoch sample grid
 
@@ -231,6 +231,10 @@ class TrainingLoop:
         """Reopen the checkpoint's MLflow run, or start a new one nested under the ablation's parent."""
         if not self.track:
             return
+        try:  # runs a SIGKILLed stage left RUNNING cannot end themselves: this one ends them
+            liveness.end_dead_runs(tracking.client(), self.cfg.experiment)
+        except Exception as exc:  # a record, not the result: never a reason not to train
+            self._say(f"could not end the MLflow runs of dead processes ({type(exc).__name__})")
         if self.run_id is not None and tracking.reopen_run(self.run_id):
             self.logger = tracking.RunLogger(self.run_id, self._say)
             return
