@@ -54,11 +54,22 @@ def dvc_command(args: Sequence[str], project_dir: Path, env: Mapping[str, str]) 
     ``--wait-for-lock`` makes a second DVC process (a user's ``dvc status``) queue on DVC's repo lock
     instead of failing. DVC runs under `pipeline.orchestration.guard`, in a process group of its own
     that the guard stops (the stage included) when this process stops it, is stopped, or dies.
+    ``push --run-cache`` also pushes what DVC leaves behind of the run cache (`push_run_cache_objects`).
     """
+    _logger().info("$ dvc %s", " ".join(args))
+    _guarded(
+        [sys.executable, "-m", "dvc", "--wait-for-lock", *args], project_dir, env, f"dvc {' '.join(args)}"
+    )
+    if list(args[:1]) == ["push"] and "--run-cache" in args:
+        # A process of its own, as DVC's own commands: DVC's API works in the repo's folder.
+        script = "import pipeline.orchestration.dvc as d; print(d.push_run_cache_objects(), 'objects pushed')"
+        _guarded([sys.executable, "-c", script], project_dir, env, "the run cache's objects' push")
+
+
+def _guarded(command: list[str], project_dir: Path, env: Mapping[str, str], what: str) -> None:
+    """`command` under the guard, its output streamed into the log; `StageFailed` when it fails."""
     logger = _logger()
-    dvc = [sys.executable, "-m", "dvc", "--wait-for-lock", *args]
-    argv = [sys.executable, guard.__file__, str(os.getpid()), *dvc]
-    logger.info("$ dvc %s", " ".join(args))
+    argv = [sys.executable, guard.__file__, str(os.getpid()), *command]
     tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
     process = subprocess.Popen(
         argv,
@@ -85,4 +96,24 @@ def dvc_command(args: Sequence[str], project_dir: Path, env: Mapping[str, str]) 
             process.wait(timeout=STOP_WAIT_S)
         raise
     if returncode != 0:
-        raise StageFailed(f"`dvc {' '.join(args)}` exited with {returncode}: {_error_detail(list(tail))}")
+        raise StageFailed(f"`{what}` exited with {returncode}: {_error_detail(list(tail))}")
+
+
+def push_run_cache_objects() -> int:
+    """Push every object the run cache of the DVC repo here (the working directory) refers to;
+    returns how many were sent.
+
+    DVC 3's ``dvc push --run-cache`` sends the run cache's entries but, of their outputs, only those
+    that ``dvc.lock`` tracks in the cache: a stage's ``cache: false`` metrics and plots (which DVC keeps
+    in the local cache for the run cache) stay behind, and no other clone can restore that stage from
+    the run cache, since DVC restores a stage only with all of its outputs. DVC's own API sends them.
+    """
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        runs = Path(repo.stage_cache.cache_dir)
+        entries = [(entry.parent.name, entry.name) for entry in runs.glob("*/*/*") if entry.is_file()]
+        return sum(
+            len(repo.cloud.push(objects).transferred)
+            for objects in repo.stage_cache.get_used_objs(entries).values()
+        )

@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from pipeline.orchestration import guard
+from pipeline.orchestration.dvc import dvc_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -156,3 +157,53 @@ def test_the_guard_passes_the_exit_status_through(tmp_path: Path):
         [sys.executable, guard.__file__, str(os.getpid()), sys.executable, "-c", "raise SystemExit(7)"]
     ).returncode
     assert code == 7
+
+
+MAKE = """\
+import json, pathlib, time
+pathlib.Path("out").mkdir(exist_ok=True)
+pathlib.Path("out/data.txt").write_text("data")
+pathlib.Path("m.json").write_text(json.dumps({"made_at": time.time()}))
+"""
+
+
+def test_a_stage_with_an_uncached_metric_is_restored_in_another_clone_from_the_pushed_run_cache(tmp_path):
+    # DVC 3's `push --run-cache` leaves out `cache: false` metrics, and DVC restores a stage from the
+    # run cache only with all of its outputs: dvc_command pushes them too.
+    origin, clone, remote = tmp_path / "origin", tmp_path / "clone", tmp_path / "remote"
+    origin.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run([*git, "init", "-q"], cwd=origin, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=origin, check=True)
+    (origin / "make.py").write_text(MAKE)
+    (origin / "dvc.yaml").write_text(
+        textwrap.dedent("""\
+        stages:
+          make:
+            cmd: python make.py
+            deps: [make.py]
+            outs: [out]
+            metrics:
+              - m.json:
+                  cache: false
+        """)
+    )
+    subprocess.run([*git, "add", "-A"], cwd=origin, check=True)
+    subprocess.run([*git, "commit", "-qm", "a stage"], cwd=origin, check=True)
+    subprocess.run([*git, "clone", "-q", str(origin), str(clone)], check=True)
+    env = _env()
+    for workspace in (origin, clone):
+        dvc_command(["remote", "add", "--local", "--default", "shared", str(remote)], workspace, env)
+    dvc_command(["repro", "make"], origin, env)
+    dvc_command(["push", "--run-cache"], origin, env)
+
+    restored = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "--pull", "make"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert "Stage 'make' is cached - skipping run" in restored.stdout, restored.stdout
+    assert (clone / "m.json").read_text() == (origin / "m.json").read_text()
