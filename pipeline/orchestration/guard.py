@@ -12,8 +12,10 @@ MLflow run KILLED, then SIGKILL after `GRACE_S`, when
   `POLL_S`, since a dead parent sends nothing.
 
 Without it, a SIGKILLed flow run left DVC and its stage running until the stage next wrote to the dead
-pipe, and a quiet stage held DVC's lock for as long as it ran. The command's exit status is the guard's
-(128 + the signal number when stopped). Standard library only, run as a file, so it starts in
+pipe, and a quiet stage held DVC's lock for as long as it ran. The guard also relays the command's
+output, so that no write of the stage ever fails on a dead reader: a stage that is being stopped saves
+its checkpoint and ends its MLflow run instead of dying of a broken pipe. The command's exit status is
+the guard's (128 + the signal number when stopped). Standard library only, run as a file, so it starts in
 milliseconds whatever the working directory; POSIX only (the flow's workers are Linux machines).
 """
 
@@ -23,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 GRACE_S = 10.0  # SIGTERM -> SIGKILL: a train stage finishes its step and saves its checkpoint
@@ -56,6 +59,17 @@ def stop_group(process: subprocess.Popen, grace_s: float = GRACE_S) -> None:
     process.poll()
 
 
+def _relay(source) -> None:
+    """Copy the command's output to ours until it ends; once our reader is gone, drop it."""
+    reader_alive = True
+    for chunk in iter(lambda: source.read1(65536), b""):
+        if reader_alive:
+            try:
+                os.write(sys.stdout.fileno(), chunk)
+            except OSError:  # EPIPE: the flow-run process is gone; the command must not notice
+                reader_alive = False
+
+
 def main(argv: list[str]) -> int:
     """Start ``argv[1:]`` in a new session and wait for it; stop its group with the parent ``argv[0]``."""
     parent, command = int(argv[0]), argv[1:]
@@ -70,18 +84,25 @@ def main(argv: list[str]) -> int:
         return 128 + signal.SIGTERM
     # Its own session: a signal to the flow's process group (Prefect cancelling the run) reaches the
     # guard's parent, which then stops the guard, never DVC half-way through a write.
-    process = subprocess.Popen(command, start_new_session=True)
+    process = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    relay = threading.Thread(target=_relay, args=(process.stdout,), daemon=True)
+    relay.start()
     while True:
         try:
             returncode = process.wait(timeout=POLL_S)
         except subprocess.TimeoutExpired:
             if requested or os.getppid() != parent:
                 stop_group(process)
-                return 128 + (requested[0] if requested else signal.SIGTERM)
+                returncode = 128 + (requested[0] if requested else signal.SIGTERM)
+                break
             continue
         if _group_alive(process.pid):  # something the command started outlived it
             stop_group(process)
-        return returncode
+        break
+    relay.join(timeout=5)
+    return returncode
 
 
 if __name__ == "__main__":

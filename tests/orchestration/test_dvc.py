@@ -24,10 +24,17 @@ ROOT = Path(__file__).resolve().parents[2]
 # A stage that prints nothing while it works: in the old set-up it outlived a dead flow run until it
 # next wrote a line. It sleeps only while `hold` exists, so the same stage can then run to the end.
 QUIET_STAGE = """\
-import os, pathlib, time
+import os, pathlib, signal, sys, time
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 pathlib.Path("stage.pid").write_text(str(os.getpid()))
-while pathlib.Path("hold").exists():
+while pathlib.Path("hold").exists() and not stop:
     time.sleep(0.1)
+if stop:  # as a training stage does: say so, save, then exit 143
+    for step in range(200):
+        print(f"saving the checkpoint of step {step}", flush=True)
+    pathlib.Path("stopped-cleanly").write_text("yes")
+    sys.exit(143)
 pathlib.Path("out.txt").write_text("done")
 """
 
@@ -123,6 +130,8 @@ def test_a_stopped_or_killed_flow_side_leaves_no_dvc_or_stage_process_and_frees_
     started = time.monotonic()
     _wait_for(lambda: not _running(below), 15, f"the end of {_running(below)} after {signum!r}")
     print(f"{signal.Signals(signum).name}: everything below it gone in {time.monotonic() - started:.1f} s")
+    # The stage was stopped with SIGTERM and could finish its own stopping: its writes did not fail.
+    assert (quiet_project / "stopped-cleanly").read_text() == "yes"
 
     # DVC's repo lock is free: a DVC command that does not wait for it gets it...
     status = subprocess.run(
