@@ -23,6 +23,9 @@ REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 EXPERIMENT = "cyclegan-ablation"
 VARIANTS = ["gan_only", "cyclegan"]
+# Choosing variants never edits params.yaml, and the report needs every variant of it: a run of two
+# variants that ends with the report removes the other three, as an override.
+OTHER_VARIANTS = [f"~variants.{name}" for name in ("cycle_only", "gan_forward", "gan_backward")]
 RUN_TIMEOUT_S = 1500
 
 # Shrinks every stage to seconds. `++` sets a key whether or not params.yaml has it yet (a typo still
