@@ -16,8 +16,8 @@ from pipeline.orchestration.fanout import SHARED, ChildResult, DeploymentChildre
 from pipeline.orchestration.flows import run_ablation
 from tests.orchestration.fakes import RecordingDvc, parent_run
 
-SEEDS = ["++seeds=[0,1]"]
-RUNS = [f"{v}-{s}" for v in "abc" for s in (0, 1)]
+SEEDS = ["++seeds=[0,1]", "~variants.c"]  # the study: variants a and b, seeds 0 and 1
+RUNS = [f"{v}-{s}" for v in "ab" for s in (0, 1)]
 VARIANT_KINDS = ("train", "translate", "evaluate")
 
 
@@ -106,10 +106,10 @@ def test_a_failing_child_does_not_stop_the_others_and_the_collect_names_it(
     assert "missing from the fan-out: b-1 (missing: child flow run ablation-k-b-1 ended FAILED: boom)" in (
         state.message
     )
-    assert "Completed: a-0, a-1, b-0, c-0, c-1" in state.message
+    assert "Completed: a-0, a-1, b-0" in state.message
     assert [name for name, _ in fakes["children"].started] == [SHARED, *RUNS]  # all of them started
     stages = [call[-1] for call in fakes["dvc"].calls]
-    assert "train@c-1" in stages and "train@b-1" not in stages  # the rest restored, the missing one not
+    assert "train@b-0" in stages and "train@b-1" not in stages  # the rest restored, the missing one not
     assert "report" not in stages  # the report covers every run or none
     assert parent_run(mlflow_store, state.state_details.flow_run_id).info.status == "FAILED"
 

@@ -147,7 +147,7 @@ def _task_states(flow_run_id) -> dict[str, str]:
     return {run.name: run.state.type.value for run in runs}
 
 
-def test_flow_runs_stages_in_order_and_records_theparent_run(project, prefect_api, mlflow_store, recorder):
+def test_flow_runs_stages_in_order_and_records_the_parent(project, prefect_api, mlflow_store, recorder):
     overrides = ["train.max_steps=2", "~variants.b"]  # removing a variant is an override like any other
     state = ablation_with_recorder(None, overrides, str(project), return_state=True)
     assert state.is_completed(), state.message
