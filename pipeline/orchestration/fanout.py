@@ -42,7 +42,7 @@ class ChildResult:
         if self.completed:
             return "completed"
         detail = f": {self.message}" if self.message else ""
-        return f"missing: child flow run {self.flow_run} ended {self.state}{detail}"
+        return f"child flow run {self.flow_run} ended {self.state}{detail}"
 
 
 class Children(Protocol):

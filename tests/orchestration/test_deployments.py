@@ -6,10 +6,13 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+import pytest
 import yaml
 from prefect.flows import load_flow_from_entrypoint
 
+from pipeline.core.errors import PipelineError
 from pipeline.orchestration import flows
+from pipeline.orchestration.tasks import check_worker_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,3 +38,12 @@ def test_both_deployments_run_the_flow_in_the_workers_clone_with_the_shared_serv
     fan_out = deployments["fan-out"]
     assert fan_out["work_pool"]["work_queue_name"] == "collect" and fan_out["parameters"] == {"fan_out": True}
     assert set(fan_out["parameters"]) <= set(inspect.signature(flows.cyclegan.fn).parameters)
+
+
+def test_a_placeholder_left_unfilled_at_deploy_time_stops_the_run_with_one_line(monkeypatch):
+    # `prefect deploy` leaves `{{ $NAME }}` as it is when NAME is unset in its shell.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "{{ $MLFLOW_TRACKING_URI }}")
+    with pytest.raises(PipelineError, match=r"MLFLOW_TRACKING_URI is .* not set where `prefect deploy` ran"):
+        check_worker_env()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow-host:5000")
+    check_worker_env()
