@@ -26,13 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", type=Path, required=True, help="split folder, e.g. data/split")
     parser.add_argument("--out", type=Path, required=True, help="judge folder, e.g. models/fcn")
     parser.add_argument("--metrics", type=Path, required=True, help="scores JSON, e.g. metrics/fcn.json")
+    parser.add_argument(
+        "--resume-dir", type=Path, default=None, help="folder for unfinished checkpoints (default: --out)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     def work() -> int:
         started = time.perf_counter()
         cfg = load_section(args.params, "judge", JudgeConfig)
-        scores = train_judge(args.split, args.out, cfg)
+        scores = train_judge(args.split, args.out, cfg, args.resume_dir)
         scores["seconds"] = round(time.perf_counter() - started, 1)
         write_json(args.metrics, scores)
         print(

@@ -27,10 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--split", required=True, help="split folder (train_photo/, train_label/, manifest.csv)"
     )
-    parser.add_argument(
-        "--out", required=True, help="folder for checkpoint.pt (kept between runs: resumable)"
-    )
+    parser.add_argument("--out", required=True, help="folder for the finished checkpoint.pt")
     parser.add_argument("--plots", default=None, help="the loss curves' CSV (a row every log_every steps)")
+    parser.add_argument(
+        "--resume-dir",
+        default=None,
+        help="folder for the unfinished checkpoints a rerun resumes from (default: --out)",
+    )
     args = parser.parse_args(argv)
 
     def work() -> int:
@@ -55,7 +58,14 @@ def main(argv: list[str] | None = None) -> int:
             "profile": matching_profile(params),
         }
         train_variant(
-            args.split, args.out, args.variant, switches, cfg, metrics_path=args.plots, ablation=ablation
+            args.split,
+            args.out,
+            args.variant,
+            switches,
+            cfg,
+            metrics_path=args.plots,
+            ablation=ablation,
+            resume_dir=args.resume_dir,
         )
         # The loop already said where the checkpoint is (once, on rank 0 under torchrun).
         return 0

@@ -54,7 +54,7 @@ from pipeline.cyclegan.resume import config_record, resumable_checkpoint
 from pipeline.cyclegan.steps import LossLog, make_steps
 from pipeline.cyclegan.trainer import build_trainer
 from pipeline.data.domains import UnpairedSampler, load_training_domains
-from pipeline.orchestration import tracking
+from pipeline.orchestration import liveness, tracking
 
 SAMPLE_IMAGES = 4  # images per domain in the per-epoch sample grid
 
@@ -83,8 +83,15 @@ def train_variant(
     on_step: Callable[[int, LossDict], None] | None = None,
     track: bool = True,
     ablation: Mapping[str, Any] | None = None,
+    resume_dir: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train (or resume, or skip if finished) one variant; the checkpoint is `<out_dir>/checkpoint.pt`.
+
+    The checkpoints written on the way (every `checkpoint_every` steps, and on SIGTERM/SIGINT) go to
+    `<resume_dir>/checkpoint.pt` (default: the same file), and a run resumes from there; the finished
+    one goes to `out_dir` and the resume file is then removed. A resume folder outside the DVC output
+    lets the output be an ordinary one, which DVC's run cache can restore (a ``persist`` output
+    never is).
 
     `metrics_path`: the loss curves' CSV (a row every `log_every` steps). `on_step(step, losses)` runs
     after every step, once that step's checkpoint (if due) is written; `losses` are the step's detached loss
@@ -98,6 +105,7 @@ def train_variant(
     split_dir, out_dir = Path(split_dir), Path(out_dir)
     plots_path = Path(metrics_path) if metrics_path is not None else None
     checkpoint_path = out_dir / CHECKPOINT_NAME
+    resume_path = Path(resume_dir) / CHECKPOINT_NAME if resume_dir is not None else checkpoint_path
     device = resolve_device(cfg.device, "train.device")
     parallel = distributed.from_environment(device, cfg.batch_size)
     try:
@@ -106,9 +114,15 @@ def train_variant(
         is_main = parallel is None or parallel.is_main
         data = data_fingerprint(split_dir)
         say = functools.partial(_say, f"{variant_name}-{cfg.seed}") if is_main else lambda _message: None
-        state = resumable_checkpoint(checkpoint_path, variant_name, cfg, switches, data, say)
+        state = None
+        for candidate in dict.fromkeys((checkpoint_path, resume_path)):  # a finished one, else the resume
+            state = resumable_checkpoint(candidate, variant_name, cfg, switches, data, say)
+            if state is not None:
+                break
         if state is not None and state["step"] >= target_steps(cfg, state["steps_per_epoch"]):
             say(f"already trained ({state['step']} steps, same settings): nothing to do")
+            if is_main and not checkpoint_path.is_file():  # finished in the resume folder
+                save_checkpoint(checkpoint_path, state)
             if is_main:
                 write_curves(plots_path, state["history"])  # DVC removed it before rerunning the stage
             return TrainResult(
@@ -130,6 +144,7 @@ def train_variant(
         loop = TrainingLoop(
             variant_name, cfg, switches, data, trainer, sampler, checkpoint_path, plots_path, domains, track
         )
+        loop.resume_path = resume_path
         loop.ablation = dict(
             ablation or {"variants": {variant_name: dataclasses.asdict(switches)}, "seeds": [cfg.seed]}
         )
@@ -152,6 +167,7 @@ class TrainingLoop:
         self.variant, self.cfg, self.switches, self.data = variant, cfg, switches, data
         self.trainer, self.sampler = trainer, sampler
         self.checkpoint_path, self.plots_path = checkpoint_path, plots_path
+        self.resume_path = checkpoint_path  # where unfinished checkpoints go (train_variant sets it)
         self.parallel = trainer.parallel
         self.is_main = self.parallel is None or self.parallel.is_main
         self.track = track and self.is_main
@@ -224,13 +240,20 @@ class TrainingLoop:
         _say(f"{self.variant}-{self.cfg.seed}", message)
 
     def save(self, finished: bool = False) -> None:
-        if self.is_main:
-            save_checkpoint(self.checkpoint_path, self.state_dict(finished))
+        if not self.is_main:
+            return
+        save_checkpoint(self.checkpoint_path if finished else self.resume_path, self.state_dict(finished))
+        if finished and self.resume_path != self.checkpoint_path:
+            self.resume_path.unlink(missing_ok=True)
 
     def open_run(self) -> None:
         """Reopen the checkpoint's MLflow run, or start a new one nested under the ablation's parent."""
         if not self.track:
             return
+        try:  # runs a SIGKILLed stage left RUNNING cannot end themselves: this one ends them
+            liveness.end_dead_runs(tracking.client(), self.cfg.experiment)
+        except Exception as exc:  # a record, not the result: never a reason not to train
+            self._say(f"could not end the MLflow runs of dead processes ({type(exc).__name__})")
         if self.run_id is not None and tracking.reopen_run(self.run_id):
             self.logger = tracking.RunLogger(self.run_id, self._say)
             return

@@ -9,10 +9,11 @@ The net is FCN-8s in shape (class scores read at strides 32, 16 and 8 and fused 
 a compact VGG-style encoder: five stages of two 3x3 conv + BatchNorm + ReLU, each halving the
 resolution. `JudgeConfig.width` scales it; the default profile trains it on CPU in minutes.
 
-Checkpoint (``<out_dir>/checkpoint.pt``, one dict, written atomically every ``checkpoint_every``
-steps, on SIGTERM/SIGINT and at the end): net, optimizer, step, config, data fingerprint, per-epoch
-losses. The data order and flips of epoch ``e`` come from a generator seeded with ``(seed, e)``, so
-a resumed run replays exactly the batches an uninterrupted one would have seen.
+Checkpoint (one dict, written atomically every ``checkpoint_every`` steps and on SIGTERM/SIGINT into
+``<resume_dir>/checkpoint.pt``, at the end into ``<out_dir>/checkpoint.pt``): net, optimizer, step,
+config, data fingerprint, per-epoch losses. The data order and flips of epoch ``e`` come from a
+generator seeded with ``(seed, e)``, so a resumed run replays exactly the batches an uninterrupted one
+would have seen.
 """
 
 from __future__ import annotations
@@ -144,8 +145,16 @@ def _resume_state(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None
     return state
 
 
-def train_judge(split_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: JudgeConfig) -> dict[str, Any]:
+def train_judge(
+    split_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    cfg: JudgeConfig,
+    resume_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
     """Train (or resume, or reuse) the judge into ``<out_dir>/checkpoint.pt``; score it on real val.
+
+    Unfinished checkpoints go to ``<resume_dir>/checkpoint.pt`` (default: the same file), where a rerun
+    resumes; outside the DVC output, they let it be one that DVC's run cache restores.
 
     Returns the real-photo scores: ``fcn/real/{pixel_acc,class_acc,class_iou}``, ``per_class_iou``
     (class name -> IoU or None) and ``n_images``. Raises `Interrupted` after checkpointing
@@ -153,6 +162,7 @@ def train_judge(split_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: J
     """
     split_dir, out_dir = Path(split_dir), Path(out_dir)
     path = out_dir / CHECKPOINT_NAME
+    resume = Path(resume_dir) / CHECKPOINT_NAME if resume_dir is not None else path
     device = resolve_device(cfg.device, "judge.device")
 
     photo_paths, mask_paths = paired_paths(split_dir, "evaluator")
@@ -180,6 +190,8 @@ def train_judge(split_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: J
         "epoch_loss_sum": 0.0,
     }
     previous = _resume_state(path, identity)
+    if previous is None and resume != path:
+        previous = _resume_state(resume, identity)
     if previous is not None:
         check_finite_weights(previous["net"], path)
         net.load_state_dict(previous["net"])
@@ -191,7 +203,12 @@ def train_judge(split_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: J
             log.info("judge: resuming from step %d/%d", state["step"], state["total_steps"])
 
     if not state["finished"]:
-        _train(net, optimizer, photos.to(device), masks.to(device), state, cfg, path)
+        _train(net, optimizer, photos.to(device), masks.to(device), state, cfg, resume)
+        if resume != path:  # the finished checkpoint into the output; the resume file has done its job
+            save_torch(path, {**state, "net": net.state_dict(), "optimizer": optimizer.state_dict()})
+            resume.unlink(missing_ok=True)
+    elif not path.is_file():  # finished in the resume folder
+        save_torch(path, {**state, "net": net.state_dict(), "optimizer": optimizer.state_dict()})
 
     judge = Judge(net.eval(), cfg.image_size, device, cfg.eval_batch_size)
     val_photos, val_masks = paired_paths(split_dir, "val")

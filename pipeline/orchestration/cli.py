@@ -2,9 +2,11 @@
 
 cyclegan serve                   serve the Prefect deployment cyclegan/ablation from this project
 cyclegan ui                      the MLflow UI on this project's store, opened on the runs
-cyclegan deploy --pool NAME      register cyclegan/ablation on a work pool instead (scale-out)
 cyclegan translate CKPT IN OUT --direction photo2label|label2photo
                                  any folder of images through a trained checkpoint
+
+The scale-out's deployments (cyclegan/ablation and cyclegan/fan-out on a work pool) are in prefect.yaml:
+`prefect deploy --all` in the project registers them.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ def require_prefect_api(timeout_s: float = 5.0) -> str:
 def _serve(args: argparse.Namespace) -> int:
     from prefect.deployments.runner import EntrypointType
 
-    from pipeline.orchestration.flows import DEPLOYMENT_NAME, cyclegan, served_project
+    from pipeline.orchestration.flows import DEPLOYMENT_NAME, cyclegan
+    from pipeline.orchestration.workspace import served_project
 
     project = served_project()  # flow runs act on the project this command is started in
     require_prefect_api()
@@ -58,30 +61,6 @@ def _serve(args: argparse.Namespace) -> int:
         limit=args.limit,
         entrypoint_type=EntrypointType.MODULE_PATH,
         description=f"{DEPLOYMENT_NAME}: the CycleGAN loss ablation (all variants unless `variants` is set)",
-    )
-    return 0
-
-
-def _deploy(args: argparse.Namespace) -> int:
-    from prefect.deployments.runner import EntrypointType
-
-    from pipeline.orchestration.flows import cyclegan
-
-    require_prefect_api()
-
-    # No image and no code storage: each worker imports the installed package of its own clone, and
-    # runs the flow in that clone (its workspace, its DVC lock).
-    cyclegan.deploy(
-        name=args.name,
-        work_pool_name=args.pool,
-        build=False,
-        push=False,
-        entrypoint_type=EntrypointType.MODULE_PATH,
-        print_next_steps=False,
-    )
-    print(
-        f"deployment cyclegan/{args.name} is on work pool {args.pool!r}; on each GPU machine, in a clone "
-        f"of the project: prefect worker start --pool {args.pool} --limit 1"
     )
     return 0
 
@@ -139,7 +118,11 @@ def _translate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cyclegan", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="cyclegan",
+        description=__doc__.splitlines()[0],
+        epilog="The scale-out's work-pool deployments are in prefect.yaml: `prefect deploy --all`.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="serve the Prefect deployment cyclegan/ablation (Ctrl-C stops)")
@@ -154,11 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
     ui.add_argument("--experiment", help="experiment to open (default: params.yaml's train.experiment)")
     ui.set_defaults(handler=_ui)
-
-    deploy = commands.add_parser("deploy", help="register cyclegan/ablation on a Prefect work pool")
-    deploy.add_argument("--pool", required=True, help="work pool (create it: prefect work-pool create NAME)")
-    deploy.add_argument("--name", default="ablation", help="deployment name (default: %(default)s)")
-    deploy.set_defaults(handler=_deploy)
 
     translate = commands.add_parser("translate", help="translate a folder of images with a checkpoint")
     translate.add_argument("checkpoint", help="a training checkpoint, e.g. models/cyclegan/checkpoint.pt")

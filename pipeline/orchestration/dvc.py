@@ -1,5 +1,6 @@
 """Running DVC commands: one `dvc --wait-for-lock` process per command, its output streamed into the
-Prefect run's log, its own `error:` line carried into the failure."""
+Prefect run's log, its own `error:` line carried into the failure, and nothing of it left running when
+the flow run goes away (`pipeline.orchestration.guard`)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from pipeline.core.errors import PipelineError
+from pipeline.orchestration import guard
 
 OUTPUT_TAIL_LINES = 60
+STOP_WAIT_S = guard.GRACE_S + 10.0  # how long a stopped flow waits for the guard to stop the stage
 
 # Runs one DVC command (args after `dvc`, e.g. ["repro", "train@cyclegan"]) in a workspace with an
 # environment; raises StageFailed. The default is `dvc_command`; tests pass a fake.
@@ -48,13 +51,25 @@ def _logger():
 def dvc_command(args: Sequence[str], project_dir: Path, env: Mapping[str, str]) -> None:
     """Run ``dvc --wait-for-lock <args>`` in `project_dir`, streaming its output into the run's log.
 
-    ``--wait-for-lock`` makes a second DVC process (a user's ``dvc status``, another flow run in the
-    same workspace) queue on DVC's repo lock instead of failing. DVC runs in its own process group so
-    that a cancelled flow run stops the stage's training process too, not only DVC.
+    ``--wait-for-lock`` makes a second DVC process (a user's ``dvc status``) queue on DVC's repo lock
+    instead of failing. DVC runs under `pipeline.orchestration.guard`, in a process group of its own
+    that the guard stops (the stage included) when this process stops it, is stopped, or dies.
+    ``push --run-cache`` also pushes what DVC leaves behind of the run cache (`push_run_cache_objects`).
     """
+    _logger().info("$ dvc %s", " ".join(args))
+    _guarded(
+        [sys.executable, "-m", "dvc", "--wait-for-lock", *args], project_dir, env, f"dvc {' '.join(args)}"
+    )
+    if list(args[:1]) == ["push"] and "--run-cache" in args:
+        # A process of its own, as DVC's own commands: DVC's API works in the repo's folder.
+        script = "import pipeline.orchestration.dvc as d; print(d.push_run_cache_objects(), 'objects pushed')"
+        _guarded([sys.executable, "-c", script], project_dir, env, "the run cache's objects' push")
+
+
+def _guarded(command: list[str], project_dir: Path, env: Mapping[str, str], what: str) -> None:
+    """`command` under the guard, its output streamed into the log; `StageFailed` when it fails."""
     logger = _logger()
-    argv = [sys.executable, "-m", "dvc", "--wait-for-lock", *args]
-    logger.info("$ dvc %s", " ".join(args))
+    argv = [sys.executable, guard.__file__, str(os.getpid()), *command]
     tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
     process = subprocess.Popen(
         argv,
@@ -74,11 +89,31 @@ def dvc_command(args: Sequence[str], project_dir: Path, env: Mapping[str, str]) 
                 logger.info(line)
                 tail.append(line)
         returncode = process.wait()
-    except BaseException:
+    except BaseException:  # a cancelled flow run (Prefect's SIGTERM), Ctrl-C, a task timeout
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
+            process.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=30)
+            process.wait(timeout=STOP_WAIT_S)
         raise
     if returncode != 0:
-        raise StageFailed(f"`dvc {' '.join(args)}` exited with {returncode}: {_error_detail(list(tail))}")
+        raise StageFailed(f"`{what}` exited with {returncode}: {_error_detail(list(tail))}")
+
+
+def push_run_cache_objects() -> int:
+    """Push every object the run cache of the DVC repo here (the working directory) refers to;
+    returns how many were sent.
+
+    DVC 3's ``dvc push --run-cache`` sends the run cache's entries but, of their outputs, only those
+    that ``dvc.lock`` tracks in the cache: a stage's ``cache: false`` metrics and plots (which DVC keeps
+    in the local cache for the run cache) stay behind, and no other clone can restore that stage from
+    the run cache, since DVC restores a stage only with all of its outputs. DVC's own API sends them.
+    """
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        runs = Path(repo.stage_cache.cache_dir)
+        entries = [(entry.parent.name, entry.name) for entry in runs.glob("*/*/*") if entry.is_file()]
+        return sum(
+            len(repo.cloud.push(objects).transferred)
+            for objects in repo.stage_cache.get_used_objs(entries).values()
+        )

@@ -1,44 +1,44 @@
-"""The Prefect flow `cyclegan` (deployment `ablation`): the DVC pipeline as tasks, one MLflow parent run.
+"""The Prefect flow `cyclegan` (deployments `ablation` and `fan-out`): the DVC pipeline as tasks, one
+MLflow parent run.
 
 Every task runs one DVC stage through DVC itself (``dvc repro <stage>``), so whatever the flow makes is
 recorded in ``dvc.lock`` and the DVC cache exactly as a hand-typed ``dvc repro`` would record it: after
 a flow run ``dvc status`` is clean and ``dvc repro`` has nothing to do. The flow adds what DVC does not
-do: the order (shared stages once, then each variant, then the report), retries with backoff for the
-download, carrying on past a failing variant, the MLflow parent run that groups the variant runs, and
-a record of the parameter overrides.
+do: the order (shared stages once, then each (variant, seed), then the report), retries with backoff
+for the download, carrying on past a failing run, the MLflow parent run that groups the variant runs,
+and a record of the parameter overrides.
 
 Overrides are applied to ``params.yaml`` in place with DVC's own machinery (what
 ``dvc exp run -S key=value`` uses) and stay there, because ``dvc.lock`` records the params each
 stage ran with: restoring the file afterwards would make ``dvc status`` report every stage as changed
 and the next ``dvc repro`` would silently retrain. So the change is never silent: the file as the run
 found it is saved beside it (`BACKUP_NAME`) and in the MLflow parent run, the flow logs a warning at
-its start and end, and the run's Prefect artifact says how to restore it. Choosing variants is an
-override too (``~variants.<name>`` for the others), so the variant stages DVC expands, the report and
-``dvc.lock`` all agree on which variants exist.
+its start and end, and the run's Prefect artifact says how to restore it. Choosing ``variants`` and
+``seeds`` is not an override: it picks which stages run and leaves params.yaml as it is, so the
+report (which covers every (variant, seed) of params.yaml) is written only by a run that has them all.
 
-DVC commands in one workspace never race: each waits for DVC's repo lock (``dvc --wait-for-lock``)
-and the flow runs them one after another. Parallelism comes from more workspaces (work-pool workers,
-each with its own clone), and the tag concurrency limit `GPU_TAG` caps GPU stages across all of them.
+One flow run at a time per workspace (`workspace.workspace_lock`). Parallelism comes from more
+workspaces: with ``fan_out`` the run starts one child flow run per (variant, seed) on the work pool
+(`fanout`), each in a worker's own clone, then collects their results from the DVC remote's run cache.
+The tag concurrency limit `GPU_TAG` caps GPU stages across all of them.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
-import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
+from prefect import flow, get_run_logger
 
+from pipeline.core.config import read_variants
+from pipeline.core.entry import RESTORE_ONLY_ENV
 from pipeline.core.errors import PipelineError
-from pipeline.core.project import dvc_root, stage_output_md5
+from pipeline.core.project import stage_output_md5
 from pipeline.core.urls import redact_text, redact_url
-from pipeline.orchestration import tracking
+from pipeline.orchestration import fanout, liveness, records, tracking, workspace
 from pipeline.orchestration.dvc import StageRunner, dvc_command
 from pipeline.orchestration.overrides import (
     BACKUP_NAME,
@@ -47,269 +47,89 @@ from pipeline.orchestration.overrides import (
     apply_params_overrides,
     normalize_overrides,
 )
+from pipeline.orchestration.tasks import (
+    GPU_TAG,
+    REPORT_STAGE,
+    SHARED_STAGES,
+    VARIANT_STAGES,
+    check_worker_env,
+    ensure_concurrency_limit,
+    push_run_cache,
+    stage_env,
+    stage_task,
+    use_shared_remote,
+)
 
 FLOW_NAME = "cyclegan"
-DEPLOYMENT_NAME = "ablation"
-SHARED_STAGES = ("download", "split", "judge", "bounds")
-VARIANT_STAGES = ("train", "translate", "evaluate")
-REPORT_STAGE = "report"
-GPU_STAGES = frozenset({"judge", "bounds", "train", "translate", "evaluate"})
-GPU_TAG = "gpu"  # tag concurrency limit: GPU stages running at once, over every flow run on the server
-DVC_TAG = "dvc"
-DOWNLOAD_RETRIES = 3
-DOWNLOAD_BACKOFF_S = 10.0  # 10 s, 20 s, 40 s (+ jitter) between whole-stage retries
-TRAINING_STAGES = frozenset({"judge", "train"})
-TRAINING_RETRIES = 2
-TRAINING_RETRY_DELAY_S = 30.0
-SCORES_ARTIFACT_KEY = "cyclegan-scores"
-ARTIFACT_KEY = "cyclegan-ablation"
-PREFECT_RUN_TAG = "prefect.flow_run_id"
+DEPLOYMENT_NAME = "ablation"  # the unit of work; on a work pool for the fan-out (prefect.yaml)
+FAN_OUT_DEPLOYMENT_NAME = "fan-out"
 DATA_HASH_TAG = "dvc.data_hash"
+RESTORE_ONLY = (
+    "this stage is not in the DVC remote's run cache, and the fan-out's collect restores stages, it "
+    "never runs them: its worker did not push it (see that child flow run), or its clone is at another "
+    "commit; run the fan-out again"
+)
 
 
-@task(name="dvc-stage", task_run_name="{stage}", cache_policy=NO_CACHE, tags=[DVC_TAG])
-def run_stage(
-    stage: str, project_dir: Path, env: Mapping[str, str], runner: StageRunner, single_item: bool = False
-) -> str:
-    """One DVC stage (and whatever upstream of it is out of date) via ``dvc repro``."""
-    runner(["repro", *(["--single-item"] if single_item else []), stage], project_dir, env)
-    return stage
+def select_runs(
+    params: Mapping[str, Any], variants: Sequence[str] | None, seeds: Sequence[int] | None
+) -> tuple[list[tuple[str, int]], bool]:
+    """The (variant, seed) pairs a run executes, and whether they are all of params.yaml's.
 
-
-@task(name="dvc-push", task_run_name="dvc push --run-cache", cache_policy=NO_CACHE, tags=[DVC_TAG])
-def push_run_cache(project_dir: Path, env: Mapping[str, str], runner: StageRunner) -> None:
-    """Outputs and DVC's run cache to the default remote: another clone then reproduces by checkout."""
-    runner(["push", "--run-cache"], project_dir, env)
-
-
-def stage_task(stage: str):
-    """`run_stage` named and tagged for `stage` (``train@cyclegan`` -> task ``train``, tags dvc, gpu)."""
-    kind = stage.split("@", 1)[0]
-    tags = {DVC_TAG, GPU_TAG} if kind in GPU_STAGES else {DVC_TAG}
-    options: dict[str, Any] = {"name": kind, "tags": tags}
-    if kind == "download":
-        # The stage retries transient HTTP errors itself; this covers a longer outage of the mirror.
-        options.update(
-            retries=DOWNLOAD_RETRIES,
-            retry_delay_seconds=exponential_backoff(DOWNLOAD_BACKOFF_S),
-            retry_jitter_factor=0.2,
-        )
-    elif kind in TRAINING_STAGES:
-        # Resume is exact, so a retry after a lost worker or a killed process costs only the steps
-        # since the last checkpoint.
-        options.update(retries=TRAINING_RETRIES, retry_delay_seconds=TRAINING_RETRY_DELAY_S)
-    return run_stage.with_options(**options)
-
-
-def visible_gpus() -> int:
-    """CUDA devices this process sees (0 without torch or CUDA)."""
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def ensure_concurrency_limit(tag: str, slots: int | None) -> int:
-    """Make sure a tag concurrency limit exists for `tag`; returns the limit in force.
-
-    With `slots` None an existing limit is left as the team set it and a missing one is created with
-    one slot per visible GPU (at least 1). An explicit `slots` sets the limit.
+    None selects every variant (seed) of params.yaml, in its order; a list selects those, in the
+    caller's order; an empty list of variants selects none (only the shared stages run).
     """
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        if slots is None:
-            try:
-                return client.read_concurrency_limit_by_tag(tag).concurrency_limit
-            except ObjectNotFound:
-                slots = max(1, visible_gpus())
-        if slots < 1:
-            raise PipelineError(f"gpu_slots must be >= 1, got {slots}")
-        client.create_concurrency_limit(tag=tag, concurrency_limit=slots)  # an upsert on the server
-        return slots
-
-
-def stage_env(store: str, parent_id: str) -> dict[str, str]:
-    """The environment DVC and the stages run in: the flow's, plus the store and the parent run."""
-    env = dict(os.environ)
-    env["MLFLOW_TRACKING_URI"] = store
-    env[tracking.PARENT_ENV] = parent_id
-    # `python -m stages.x` in dvc.yaml must be this environment's Python, whatever PATH the
-    # serving process was started with.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("TQDM_MININTERVAL", "15")  # progress bars become log lines: one every 15 s
-    return env
-
-
-def _flow_run_info() -> dict[str, str | None]:
-    from prefect.runtime import deployment, flow_run
-
-    return {"id": flow_run.id, "name": flow_run.name, "deployment": deployment.name, "url": flow_run.ui_url}
-
-
-def _markdown_summary(
-    change: ParamsChange,
-    outcomes: Mapping[str, str],
-    parent_id: str,
-    store: str,
-    report: str,
-    project_dir: Path,
-) -> str:
-    lines = ["# CycleGAN ablation", "", "| variant-seed | result |", "|---|---|"]
-    lines += [f"| `{name}` | {outcome} |" for name, outcome in outcomes.items()]
-    lines += [
-        "",
-        f"Report: {report}",
-        "",
-        f"MLflow parent run `{parent_id}` in `{redact_url(store)}`.",
-        "",
-    ]
-    if change.overrides:
-        lines += ["## Parameter overrides", ""]
-        lines += [f"- `{redact_text(item)}`" for item in change.overrides]
-        if change.changed:
-            lines += [
-                "",
-                f"`{project_dir / PARAMS_NAME}` now holds these values, so `dvc.lock` and `dvc status`",
-                f"agree with the outputs. The file as this run found it is `{change.backup}` (also logged",
-                f"to the parent run under `params/`). Restore it with `cp {BACKUP_NAME} {PARAMS_NAME}` or",
-                f"`git checkout {PARAMS_NAME}`, then `dvc repro` (or `dvc checkout` with dvc.lock restored).",
-            ]
-        else:
-            lines += ["", f"`{PARAMS_NAME}` already held these values: nothing changed."]
-    else:
-        lines += ["No parameter overrides: params.yaml as it is in the workspace."]
-    return "\n".join(lines)
-
-
-def served_project() -> Path:
-    """The DVC project the serving (or worker) process was started in, found from its working
-    directory upwards as `dvc` finds its repo; never the folder the package is installed in."""
-    root = dvc_root(Path.cwd())
-    if root is None:
+    known = list(read_variants(dict(params)))
+    known_seeds = list(params.get("seeds") or [0])
+    unknown = [name for name in variants or () if name not in known]
+    if unknown:
+        listed = ", ".join(known) or "none"
+        raise PipelineError(f"unknown variant(s) {', '.join(unknown)}; params.yaml `variants:` has {listed}")
+    missing_seeds = [seed for seed in seeds or () if seed not in known_seeds]
+    if missing_seeds or seeds == []:
         raise PipelineError(
-            f"{Path.cwd()} is not inside a DVC project: start `cyclegan serve` (or the worker) in the "
-            "project's folder, or pass project_dir"
+            f"seeds {list(seeds)} must be a non-empty selection of params.yaml `seeds:` {known_seeds}"
         )
-    return root
+    chosen = list(dict.fromkeys(variants)) if variants is not None else known
+    chosen_seeds = list(dict.fromkeys(seeds)) if seeds is not None else known_seeds
+    pairs = [(variant, seed) for variant in chosen for seed in chosen_seeds]
+    return pairs, set(pairs) == {(v, s) for v in known for s in known_seeds}
 
 
-def _open_parent(
-    experiment: str, key: str, run_info: Mapping[str, str | None], change: ParamsChange, params_path: Path
-) -> str:
-    """The parent of this launch (race-free by key), tagged with what launched it."""
-    parent_id = tracking.open_parent(
-        experiment, key, f"ablation-{key}", tags={PREFECT_RUN_TAG: run_info["id"] or ""}
-    )
-    tracking.set_tags(
-        parent_id,
-        {
-            "prefect.flow_run_name": run_info["name"],
-            "prefect.deployment": run_info["deployment"],
-            "prefect.flow_run_url": run_info["url"],
-            "cyclegan.params_changed": change.changed,
-            "cyclegan.overrides": redact_text(json.dumps(change.overrides))[:5000],
-            "cyclegan.variants": ",".join(change.variants),
-        },
-    )
-    with tempfile.TemporaryDirectory() as tmp:  # the params files as MLflow may keep them: URLs redacted
-        for path in filter(None, (params_path, change.backup)):
-            (Path(tmp) / path.name).write_text(redact_text(path.read_text()))
-            tracking.log_artifacts(parent_id, Path(tmp) / path.name, "params")
-    return parent_id
+@dataclasses.dataclass
+class Launch:
+    """What one flow run works on and with, once prepared (under the workspace lock)."""
+
+    project: Path
+    change: ParamsChange
+    pairs: list[tuple[str, int]]  # the selected (variant, seed)s
+    complete: bool  # they are every (variant, seed) of params.yaml: the report can be written
+    store: str
+    parent_id: str
+    owns_parent: bool  # this run created (or reopened) the parent and ends it
+    env: dict[str, str]
+    experiment: str
+
+    @property
+    def names(self) -> list[str]:
+        return [f"{variant}-{seed}" for variant, seed in self.pairs]
 
 
-def _scores_artifact(project: Path) -> None:
-    """The report's scores with their intervals as a Prefect table artifact."""
-    from prefect.artifacts import create_table_artifact
-
-    path = project / "reports" / "ablation.json"
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
-    rows = []
-    for name, entry in document.get("variants", {}).items():
-        row: dict[str, Any] = {"variant": name, "seeds": ",".join(map(str, entry.get("seeds", [])))}
-        for metric, value in entry.items():
-            if isinstance(value, dict) and metric.startswith("fcn/") and value.get("mean") is not None:
-                interval = value.get("ci95") or value.get("bootstrap_ci95") or [None, None]
-                row[metric] = f"{value['mean']:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
-        rows.append(row)
-    create_table_artifact(rows, key=SCORES_ARTIFACT_KEY, description="FCN scores, mean [95% interval]")
-
-
-# --- the flow ------------------------------------------------------------------------------------------
-
-
-def _run_stages(
-    runs: Sequence[str],
+def _prepare(
     project: Path,
-    env: Mapping[str, str],
+    overrides: Sequence[str],
+    selection: tuple[Sequence[str] | None, Sequence[int] | None],
     runner: StageRunner,
-    outcomes: dict[str, str],
-    push: bool,
-) -> str:
-    """Shared stages, each run's chain (``<variant>-<seed>``; a failure is recorded in `outcomes`, not
-    raised), then the report. Returns what became of the report. A failing shared stage raises: no
-    variant can run without it.
-    """
+    run_info: Mapping[str, str | None],
+    key: str,
+    parent_run_id: str | None,
+) -> Launch:
+    """The shared remote, the overrides, the selection, the store and the parent run."""
     logger = get_run_logger()
-    for stage in SHARED_STAGES:
-        stage_task(stage)(stage, project, env, runner)
-    tracking.set_tags(env[tracking.PARENT_ENV], {DATA_HASH_TAG: stage_output_md5(project, "split")})
-
-    for name in runs:
-        try:
-            for kind in VARIANT_STAGES:
-                stage_task(f"{kind}@{name}")(f"{kind}@{name}", project, env, runner)
-        except Exception as exc:  # one variant failing must not stop the others
-            outcomes[name] = f"failed: {exc}"
-            logger.error("%s failed: %s", name, exc)
-        else:
-            outcomes[name] = "completed"
-
-    if all(outcome == "completed" for outcome in outcomes.values()):
-        stage_task(REPORT_STAGE)(REPORT_STAGE, project, env, runner)
-        report = "reports/ (dvc.lock up to date)"
-    else:
-        # The report covers every (variant, seed) of params.yaml or none: a failed run's old files
-        # would otherwise stand in for results that do not exist.
-        report = "not written: a run failed (fix it and run again; completed stages are skipped)"
-    if push:
-        push_run_cache(project, env, runner)
-    return report
-
-
-def run_names(variants: Sequence[str], seeds: Sequence[int]) -> list[str]:
-    """``<variant>-<seed>`` for every variant and seed: the suffix of its DVC stages."""
-    return [f"{variant}-{seed}" for variant in variants for seed in seeds]
-
-
-def run_ablation(
-    variants: Sequence[str] | None,
-    overrides: Mapping[str, Any] | Sequence[str] | str | None,
-    project_dir: str | os.PathLike | None,
-    ablation_key: str | None = None,
-    gpu_slots: int | None = None,
-    push: bool = False,
-    runner: StageRunner = dvc_command,
-) -> dict[str, Any]:
-    """The body of the `cyclegan` flow (separate so tests can run it with a fake `runner`)."""
-    from prefect.artifacts import create_markdown_artifact
-
-    logger = get_run_logger()
-    project = Path(project_dir).resolve() if project_dir else served_project()
+    check_worker_env()
+    use_shared_remote(project, runner)
     params_path = project / PARAMS_NAME
-    if not (project / "dvc.yaml").is_file() or not params_path.is_file():
-        raise PipelineError(f"{project} has no dvc.yaml and params.yaml: pass project_dir=<the project root>")
-
-    change = apply_params_overrides(
-        params_path, normalize_overrides(overrides), variants, project / BACKUP_NAME
-    )
+    change = apply_params_overrides(params_path, overrides, project / BACKUP_NAME)
     if change.changed:
         logger.warning(
             "params.yaml overrides applied (as `dvc exp run -S` does): %s. params.yaml keeps them so that "
@@ -321,72 +141,229 @@ def run_ablation(
         )
     elif change.overrides:
         logger.info("params.yaml already holds the overrides %s", redact_text(" ".join(change.overrides)))
-    logger.info("variants: %s; seeds: %s", ", ".join(change.variants), change.after.get("seeds"))
+    pairs, complete = select_runs(change.after, *selection)
+    listed = ", ".join(f"{variant}-{seed}" for variant, seed in pairs) or "none (the shared stages only)"
+    logger.info("runs: %s%s", listed, "" if complete else " (a part of params.yaml's variants x seeds)")
 
-    slots = ensure_concurrency_limit(GPU_TAG, gpu_slots)
-    logger.info("tag concurrency limit %r: %d slot(s)", GPU_TAG, slots)
-
-    run_info = _flow_run_info()
     experiment = (change.after.get("train") or {}).get("experiment") or "cyclegan-ablation"
-    key = ablation_key or run_info["id"] or "local"
     store = tracking.tracking_uri(project)
     with tracking.use_store(store):
-        parent_id = _open_parent(experiment, key, run_info, change, params_path)
+        for run_id in liveness.end_dead_runs(tracking.client(), experiment):
+            logger.warning("MLflow run %s was left RUNNING by a process that died: ended KILLED", run_id)
+        if parent_run_id:
+            _check_parent(parent_run_id, store)
+            parent_id = parent_run_id
+        else:
+            parent_id = records.open_parent(experiment, key, run_info, change, params_path)
     logger.info("MLflow parent run %s (experiment %r) in %s", parent_id, experiment, redact_url(store))
-
     env = stage_env(store, parent_id)
-    seeds = change.after.get("seeds") or [0]
-    outcomes: dict[str, str] = {name: "not run" for name in run_names(change.variants, seeds)}
-    report = "not run"
-    status = "FAILED"
-    try:
-        with tracking.use_store(store):
-            report = _run_stages(list(outcomes), project, env, runner, outcomes, push)
-        status = "FINISHED" if all(o == "completed" for o in outcomes.values()) else "FAILED"
-        if status == "FINISHED":
-            _scores_artifact(project)
-    finally:
-        with tracking.use_store(store):
-            tracking.end_run(parent_id, status)
-        create_markdown_artifact(
-            _markdown_summary(change, outcomes, parent_id, store, report, project),
-            key=ARTIFACT_KEY,
-            description="variants, overrides and the MLflow parent run of this ablation",
-        )
-        if change.changed:
-            logger.warning(
-                "params.yaml still holds this run's overrides; the original is in %s", change.backup
-            )
+    return Launch(project, change, pairs, complete, store, parent_id, not parent_run_id, env, experiment)
 
-    failures = {name: why.removeprefix("failed: ") for name, why in outcomes.items() if why != "completed"}
-    if failures:
-        completed = [name for name, outcome in outcomes.items() if outcome == "completed"]
+
+def _check_parent(parent_id: str, store: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = tracking.client().get_run(parent_id).info.lifecycle_stage == "active"
+    except MlflowException:
+        found = False
+    if not found:
         raise PipelineError(
-            f"variant(s) failed: {'; '.join(f'{name} ({why})' for name, why in failures.items())}. "
-            f"Completed: {', '.join(completed) or 'none'}. Fix the cause and run again: completed stages are "
-            "up to date in dvc.lock and are skipped."
+            f"the MLflow parent run {parent_id} is not in {redact_url(store)}: every worker of a fan-out "
+            "needs the same MLFLOW_TRACKING_URI (prefect.yaml's job_variables)"
         )
+
+
+def _run_stages(
+    launch: Launch,
+    names: Sequence[str],
+    runner: StageRunner,
+    outcomes: dict[str, str],
+    push: bool,
+    pull: bool,
+    restore_only: bool = False,
+) -> str:
+    """Shared stages, each run's chain (``<variant>-<seed>``; a failure is recorded in `outcomes`, not
+    raised), then the report when the launch covers every run and all completed. Returns what became of
+    the report. A failing shared stage raises: no variant can run without it. `restore_only`: any
+    stage but the report must come from the run cache (`RESTORE_ONLY`).
+    """
+    logger = get_run_logger()
+    env = {**launch.env, RESTORE_ONLY_ENV: RESTORE_ONLY} if restore_only else launch.env
+    for stage in SHARED_STAGES:
+        stage_task(stage)(stage, launch.project, env, runner, pull=pull)
+    with tracking.use_store(launch.store):
+        tracking.set_tags(launch.parent_id, {DATA_HASH_TAG: stage_output_md5(launch.project, "split")})
+
+    for name in names:
+        try:
+            for kind in VARIANT_STAGES:
+                stage_task(f"{kind}@{name}")(f"{kind}@{name}", launch.project, env, runner, pull=pull)
+        except Exception as exc:  # one variant failing must not stop the others
+            outcomes[name] = f"failed: {exc}"
+            logger.error("%s failed: %s", name, exc)
+        else:
+            outcomes[name] = "completed"
+
+    if not launch.complete:
+        total = len(launch.change.variants) * len(launch.change.after.get("seeds") or [0])
+        report = (
+            f"not written: this run covers {len(launch.pairs)} of the {total} (variant, seed)s of params.yaml"
+        )
+    elif all(outcome == "completed" for outcome in outcomes.values()):
+        stage_task(REPORT_STAGE)(REPORT_STAGE, launch.project, launch.env, runner, pull=pull)
+        report = "reports/ (dvc.lock up to date)"
+    else:
+        # The report covers every (variant, seed) of params.yaml or none: a failed run's old files
+        # would otherwise stand in for results that do not exist.
+        report = (
+            "not written: a run failed or is missing (fix it and run again; completed stages are skipped)"
+        )
+    if push:
+        push_run_cache(launch.project, launch.env, runner)
+    return report
+
+
+def _finish(launch: Launch, outcomes: Mapping[str, str], report: str, status: str) -> None:
+    """End the parent (if this run owns it), runs of processes that died, and publish the summary."""
+    logger = get_run_logger()
+    with tracking.use_store(launch.store):
+        if launch.owns_parent:
+            tracking.end_run(launch.parent_id, status)
+        for run_id in liveness.end_dead_runs(tracking.client(), launch.experiment):
+            logger.warning("MLflow run %s: its stage was killed; ended KILLED", run_id)
+    records.publish_summary(launch.change, outcomes, launch.parent_id, launch.store, report, launch.project)
+    if launch.change.changed:
+        logger.warning(
+            "params.yaml still holds this run's overrides; the original is in %s", launch.change.backup
+        )
+
+
+def run_ablation(
+    variants: Sequence[str] | None,
+    overrides: Mapping[str, Any] | Sequence[str] | str | None,
+    project_dir: str | os.PathLike | None,
+    ablation_key: str | None = None,
+    gpu_slots: int | None = None,
+    push: bool = False,
+    runner: StageRunner = dvc_command,
+    *,
+    seeds: Sequence[int] | None = None,
+    fan_out: bool = False,
+    parent_run_id: str | None = None,
+    children: fanout.Children | None = None,
+) -> dict[str, Any]:
+    """The body of the `cyclegan` flow (separate so tests can run it with a fake `runner` and
+    `children`)."""
+    project = workspace.resolve_project(project_dir)
+    if not (project / "dvc.yaml").is_file() or not (project / PARAMS_NAME).is_file():
+        raise PipelineError(f"{project} has no dvc.yaml and params.yaml: pass project_dir=<the project root>")
+    run_info = records.flow_run_info()
+    key = ablation_key or run_info["id"] or "local"
+    normalized = normalize_overrides(overrides)
+    part_of_a_fan_out = fan_out or bool(parent_run_id)
+    slots = ensure_concurrency_limit(GPU_TAG, gpu_slots, create=not part_of_a_fan_out)
+    get_run_logger().info("tag concurrency limit %r: %s", GPU_TAG, f"{slots} slot(s)" if slots else "none")
+
+    with workspace.workspace_lock(project, run_info):
+        launch = _prepare(project, normalized, (variants, seeds), runner, run_info, key, parent_run_id)
+        if not fan_out:
+            outcomes, report, status = _in_workspace(launch, runner, push)
+    if fan_out:
+        label = f"ablation-{ablation_key or key[:8]}"
+        children = children or fanout.DeploymentChildren(
+            f"{FLOW_NAME}/{DEPLOYMENT_NAME}", label, run_info["id"], get_run_logger()
+        )
+        outcomes, report, status = _fan_out(launch, children, runner, run_info, push, key)
+    if status == "FINISHED" and launch.complete:
+        records.scores_artifact(project)
+    message = records.failure_message(
+        outcomes, "missing from the fan-out" if fan_out else "variant(s) failed"
+    )
+    if message:
+        raise PipelineError(message)
     return {
         "variants": outcomes,
-        "overrides": change.overrides,
-        "params_backup": str(change.backup or ""),
-        "mlflow_parent_run_id": parent_id,
+        "overrides": launch.change.overrides,
+        "params_backup": str(launch.change.backup or ""),
+        "mlflow_parent_run_id": launch.parent_id,
         "report": report,
     }
 
 
+def _in_workspace(launch: Launch, runner: StageRunner, push: bool) -> tuple[dict[str, str], str, str]:
+    """Every selected run here, in this workspace (the run holds its lock)."""
+    outcomes = dict.fromkeys(launch.names, "not run")
+    report, status = "not run", "FAILED"
+    try:
+        report = _run_stages(launch, launch.names, runner, outcomes, push, pull=push)
+        status = "FINISHED" if all(o == "completed" for o in outcomes.values()) else "FAILED"
+    finally:
+        _finish(launch, outcomes, report, status)
+    return outcomes, report, status
+
+
+def _fan_out(
+    launch: Launch,
+    children: fanout.Children,
+    runner: StageRunner,
+    run_info: Mapping[str, str | None],
+    push: bool,
+    key: str,
+) -> tuple[dict[str, str], str, str]:
+    """The shared stages, then every (variant, seed), as child flow runs; then the collect, here."""
+    logger = get_run_logger()
+    outcomes = dict.fromkeys(launch.names, "not run")
+    report, status = "not run", "FAILED"
+    try:
+        pool = children.check()
+        base = {"overrides": launch.change.overrides, "parent_run_id": launch.parent_id, "push": True}
+        base["ablation_key"] = key
+        logger.info(
+            "fan-out on work pool %r: the shared stages first, then %d run(s)", pool, len(launch.pairs)
+        )
+        shared = children.wait({fanout.SHARED: children.start(fanout.SHARED, fanout.child_parameters(base))})
+        if not shared[fanout.SHARED].completed:
+            raise PipelineError(
+                f"the shared stages did not complete ({shared[fanout.SHARED].why()}): no run can"
+            )
+        handles = {
+            f"{variant}-{seed}": children.start(
+                f"{variant}-{seed}", fanout.child_parameters(base, variant, seed)
+            )
+            for variant, seed in launch.pairs
+        }
+        results = children.wait(handles)
+        for name, result in results.items():
+            if not result.completed:
+                outcomes[name] = result.why()
+                logger.error("%s: %s", name, result.why())
+        completed = [name for name, result in results.items() if result.completed]
+        logger.info("collect: %d run(s) from the DVC remote's run cache", len(completed))
+        with workspace.workspace_lock(launch.project, run_info):
+            report = _run_stages(launch, completed, runner, outcomes, push, pull=True, restore_only=True)
+        status = "FINISHED" if all(o == "completed" for o in outcomes.values()) else "FAILED"
+    finally:
+        _finish(launch, outcomes, report, status)
+    return outcomes, report, status
+
+
 def _flow_run_name() -> str:
-    """``ablation-<key>``: the ablation key when given, else the start of the flow run's id."""
+    """``ablation-<key>``: the ablation key when given, else the start of the flow run's id; a fan-out's
+    child keeps the name the fan-out gave it (``ablation-<key>-<variant>-<seed>``)."""
     from prefect.runtime import flow_run
 
-    key = (flow_run.parameters or {}).get("ablation_key") or (flow_run.id or "local")[:8]
+    parameters = flow_run.parameters or {}
+    if parameters.get("parent_run_id") and flow_run.name:
+        return flow_run.name
+    key = parameters.get("ablation_key") or (flow_run.id or "local")[:8]
     return f"ablation-{key}"
 
 
 @flow(
     name=FLOW_NAME,
     flow_run_name=_flow_run_name,
-    description="CycleGAN loss ablation: DVC stages per variant, one MLflow parent run",
+    description="CycleGAN loss ablation: DVC stages per (variant, seed), one MLflow parent run",
 )
 def cyclegan(
     variants: list[str] | None = None,
@@ -395,20 +372,38 @@ def cyclegan(
     ablation_key: str | None = None,
     gpu_slots: int | None = None,
     push: bool = False,
+    seeds: list[int] | None = None,
+    fan_out: bool = False,
+    parent_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Run the ablation: download, split, evaluator once; train, translate, evaluate per variant; report.
+    """Run the ablation: download, split, judge, bounds once; train, translate, evaluate per (variant,
+    seed); the report.
 
     Args:
-        variants: which `variants:` of params.yaml to run (default: all); the others are removed
-            from params.yaml for this and later runs (an override, see the module docstring).
+        variants: which `variants:` of params.yaml to run (default: all; [] runs only the shared
+            stages). params.yaml is left as it is; the report needs every variant and seed.
         overrides: params overrides as in ``dvc exp run -S``: a list like ``["train.max_steps=5"]``
             or a mapping like ``{"train.max_steps": 5}``; recorded in MLflow and in params.yaml.
-        project_dir: the DVC project (default: the one the serving process was started in).
-        ablation_key: groups runs under one MLflow parent run (default: this flow run's id); give
-            several flow runs the same key to collect their variants in one parent.
+        project_dir: another DVC project than the served one (only inside a folder listed in
+            CYCLEGAN_ALLOWED_PROJECTS on the worker's machine).
+        ablation_key: groups runs under one MLflow parent run (default: this flow run's id).
         gpu_slots: set the `gpu` tag concurrency limit (default: keep it, or create it with one
-            slot per visible GPU).
-        push: ``dvc push --run-cache`` at the end, so a machine sharing the DVC remote can
-            ``dvc pull --run-cache`` and reproduce without retraining (scale-out).
+            slot per visible GPU; a fan-out never creates it).
+        push: ``dvc push --run-cache`` at the end (and restore from the remote first), so another
+            clone sharing the DVC remote reproduces without retraining.
+        seeds: which `seeds:` of params.yaml to run (default: all).
+        fan_out: start the shared stages, then every selected (variant, seed), as child flow runs of
+            cyclegan/ablation on its work pool; wait; then collect them here from the DVC remote.
+        parent_run_id: the MLflow parent run to nest under (a fan-out passes its own to its children).
     """
-    return run_ablation(variants, overrides, project_dir, ablation_key, gpu_slots, push)
+    return run_ablation(
+        variants,
+        overrides,
+        project_dir,
+        ablation_key,
+        gpu_slots,
+        push,
+        seeds=seeds,
+        fan_out=fan_out,
+        parent_run_id=parent_run_id,
+    )

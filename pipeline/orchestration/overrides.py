@@ -68,28 +68,12 @@ def normalize_overrides(overrides: Mapping[str, Any] | Sequence[str] | str | Non
     return result
 
 
-def variant_overrides(known: Sequence[str], selected: Sequence[str] | None) -> list[str]:
-    """``~variants.<name>`` for each known variant not selected (None selects all of them)."""
-    if selected is None:
-        return []
-    if not selected:
-        raise PipelineError("variants is empty: name at least one, or leave it out to run all of them")
-    unknown = [name for name in selected if name not in known]
-    if unknown:
-        raise PipelineError(
-            f"unknown variant(s) {', '.join(unknown)}; params.yaml `variants:` has "
-            f"{', '.join(known) or 'none'} "
-            f"(restore the full list from {BACKUP_NAME} or git if an earlier run removed some)"
-        )
-    return [f"~variants.{name}" for name in known if name not in selected]
-
-
 @dataclasses.dataclass(frozen=True)
 class ParamsChange:
     """What `apply_params_overrides` did to params.yaml."""
 
-    overrides: list[str]  # everything applied, in order (user overrides, then variant deselection)
-    variants: list[str]  # the variants the run will execute, in order
+    overrides: list[str]  # everything applied, in order
+    variants: list[str]  # the variants params.yaml holds afterwards, in its order
     changed: bool  # params.yaml was rewritten
     backup: Path | None  # the file as found, when changed
     before: dict[str, Any]
@@ -99,10 +83,9 @@ class ParamsChange:
 def apply_params_overrides(
     params_path: str | os.PathLike,
     overrides: Sequence[str] = (),
-    variants: Sequence[str] | None = None,
     backup_path: str | os.PathLike | None = None,
 ) -> ParamsChange:
-    """Apply Hydra `overrides` and the variant selection to `params_path` the way ``dvc exp run -S`` does.
+    """Apply Hydra `overrides` to `params_path` the way ``dvc exp run -S`` does.
 
     The overrides are applied to a scratch copy first, so a bad key or value fails before the real
     file is touched. When the result differs from the file (compared as data: DVC's YAML writer
@@ -118,7 +101,7 @@ def apply_params_overrides(
     original_text = params_path.read_text()
     before = read_params(params_path)
     known = list(read_variants(before, params_path))
-    applied = list(overrides) + variant_overrides(known, variants)
+    applied = list(overrides)
     if not applied:
         return ParamsChange([], known, False, None, before, before)
 
@@ -138,16 +121,9 @@ def apply_params_overrides(
         if not left:
             raise PipelineError(f"overrides {applied} leave no variant in `variants:`: keep at least one")
         if after == before:
-            return ParamsChange(applied, _ordered(left, variants), False, None, before, after)
+            return ParamsChange(applied, left, False, None, before, after)
         atomic_write_text(backup_path, original_text)
         os.replace(scratch, params_path)
     finally:
         scratch.unlink(missing_ok=True)
-    return ParamsChange(applied, _ordered(left, variants), True, backup_path, before, after)
-
-
-def _ordered(available: list[str], selected: Sequence[str] | None) -> list[str]:
-    """The user's order when they named variants, else params.yaml's."""
-    if selected is None:
-        return available
-    return [name for name in dict.fromkeys(selected) if name in available]
+    return ParamsChange(applied, left, True, backup_path, before, after)

@@ -35,6 +35,7 @@ from urllib.parse import unquote, urlparse
 from pipeline.core.errors import PipelineError
 from pipeline.core.project import dvc_root
 from pipeline.core.urls import redact_url
+from pipeline.orchestration import liveness
 
 PARENT_ENV = "CYCLEGAN_PARENT_RUN_ID"
 ROLE_TAG = "cyclegan.role"
@@ -214,10 +215,11 @@ def parent_run_id(experiment: str, key: str, run_name: str) -> str:
 def start_run(
     experiment_name: str, run_name: str, parent_id: str | None, params: dict[str, Any], tags: dict[str, str]
 ) -> str:
-    """Create a (nested) run with MLflow's context tags (git commit, source, user), log `params` once."""
+    """Create a (nested) run with MLflow's context tags (git commit, source, user) and this process's
+    identity (`liveness`: a run whose process dies is ended KILLED later), log `params` once."""
 
     mlflow_client = client()
-    all_tags = {**context_tags(), **tags}
+    all_tags = {**context_tags(), **liveness.process_tags(), **tags}
     if parent_id:
         all_tags[PARENT_TAG] = parent_id
     run = mlflow_client.create_run(experiment_id(experiment_name), run_name=run_name, tags=all_tags)
@@ -249,7 +251,8 @@ def log_dataset(run_id: str, name: str, digest: str | None, source: str, context
 
 
 def reopen_run(run_id: str) -> bool:
-    """Mark an existing run RUNNING again (a resumed training); False if the store no longer has it."""
+    """Mark an existing run RUNNING again, now held by this process (a resumed training); False if the
+    store no longer has it."""
     from mlflow.exceptions import MlflowException
 
     mlflow_client = client()
@@ -259,6 +262,7 @@ def reopen_run(run_id: str) -> bool:
         return False
     if run.info.lifecycle_stage != "active":
         return False
+    set_tags(run_id, liveness.process_tags())
     mlflow_client.update_run(run_id, status="RUNNING")
     return True
 

@@ -231,6 +231,29 @@ def test_resume_after_sigkill_is_bit_identical(split_dir, tmp_path):
     assert load_checkpoint(killed / "checkpoint.pt")["mlflow_run_id"] == state["mlflow_run_id"]
 
 
+def test_a_resume_folder_outside_the_output_survives_dvc_removing_it(split_dir, tmp_path):
+    # The output is not `persist` (DVC's run cache can restore it), so DVC deletes it before rerunning
+    # the stage; the unfinished checkpoints live in the resume folder, which DVC leaves alone.
+    cfg = dataclasses.replace(TINY, max_steps=20)
+    params = write_params(tmp_path / "params.yaml", cfg, {"cyclegan": LossSwitches()})
+    common = ["--params", str(params), "--variant", "cyclegan", "--seed", "0", "--split", str(split_dir)]
+    straight = tmp_path / "straight"
+    assert train_main([*common, "--out", str(straight)]) == 0
+
+    out, resume = tmp_path / "models" / "cyclegan-0", tmp_path / "models" / ".resume" / "cyclegan-0"
+    args = [*common, "--out", str(out), "--resume-dir", str(resume)]
+    child = run_child(13, signal.SIGKILL, args)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert load_checkpoint(resume / "checkpoint.pt")["step"] == 10 and not (out / "checkpoint.pt").exists()
+
+    assert train_main(args) == 0
+    assert_same_checkpoint(
+        load_checkpoint(out / "checkpoint.pt"), load_checkpoint(straight / "checkpoint.pt")
+    )
+    assert not (resume / "checkpoint.pt").exists()
+    assert train_main(args) == 0  # finished: nothing to do, whichever folder DVC left
+
+
 def test_a_kill_during_torch_save_leaves_nothing_inside_the_output_folder(split_dir, tmp_path):
     cfg = dataclasses.replace(TINY, max_steps=20)
     params = write_params(tmp_path / "params.yaml", cfg, {"cyclegan": LossSwitches()})

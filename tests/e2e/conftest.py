@@ -110,7 +110,7 @@ def served_deployment(prefect_server: Service, project: Path, env: dict[str, str
 
 @pytest.fixture(scope="session")
 def ablation_run(prefect_server, served_deployment, project, env, e2e_root) -> DeploymentRun:
-    """Test 1's run: two variants, tiny overrides, through the CLI. Shared by the MLflow UI test."""
+    """Test 1's run: every variant, tiny overrides, through the CLI. Shared by the MLflow UI test."""
     params = {"variants": json.dumps(VARIANTS), "overrides": json.dumps(TINY_OVERRIDES)}
     run = run_deployment(prefect_server.url, env, project, params, e2e_root / "ablation-run.log")
     print(f"e2e ablation run: {run.wall_s:.0f} s wall, exit {run.returncode}")

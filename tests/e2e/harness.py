@@ -82,6 +82,21 @@ class Service:
             self.process.wait(timeout=5)
 
 
+def stop_tree(service: Service, grace_s: float = 20.0) -> None:
+    """`service.stop()`, then SIGKILL what it had started in process groups of their own (a Prefect
+    worker's flow-run processes), so that a failed test leaves nothing running."""
+    import psutil
+
+    try:
+        below = psutil.Process(service.process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        below = []
+    service.stop(grace_s)
+    for process in below:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+
+
 def http_ok(url: str) -> bool:
     return requests.get(url, timeout=5).status_code == 200
 

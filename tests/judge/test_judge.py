@@ -125,6 +125,30 @@ def test_sigterm_saves_and_rerun_resumes_to_the_same_weights(split_dir, tmp_path
     assert all(torch.equal(expected[k], resumed[k]) for k in expected)
 
 
+def test_a_resume_folder_outside_the_output_survives_dvc_removing_it(split_dir, tmp_path, monkeypatch):
+    # DVC deletes an output that is not `persist` before rerunning its stage; the resume folder stays.
+    uninterrupted = tmp_path / "a"
+    train_judge(split_dir, uninterrupted, tiny())
+    real_lr = judge_train.learning_rate
+
+    def lr_then_sigterm(step, total, cfg):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_lr(step, total, cfg)
+
+    monkeypatch.setattr(judge_train, "learning_rate", lr_then_sigterm)
+    out, resume = tmp_path / "models" / "fcn", tmp_path / "models" / ".resume" / "fcn"
+    with pytest.raises(Interrupted):
+        train_judge(split_dir, out, tiny(checkpoint_every=100), resume)
+    assert not out.exists() and torch.load(resume / "checkpoint.pt", weights_only=True)["step"] == 3
+
+    monkeypatch.setattr(judge_train, "learning_rate", real_lr)
+    train_judge(split_dir, out, tiny(checkpoint_every=100), resume)
+    expected, resumed = net_state(uninterrupted / "checkpoint.pt"), net_state(out / "checkpoint.pt")
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+    assert not (resume / "checkpoint.pt").exists()  # done with: only the output holds the judge
+
+
 def test_finished_run_is_not_retrained(split_dir, tmp_path, monkeypatch):
     first = train_judge(split_dir, tmp_path / "fcn", tiny())
 

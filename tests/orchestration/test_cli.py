@@ -52,7 +52,7 @@ def test_translate_errors_are_one_line_and_exit_1(tmp_path: Path, capsys):
         ["translate", "c.pt", "in", "out"],  # --direction is required
         ["translate", "c.pt", "in", "out", "--direction", "sideways"],
         ["translate", "c.pt", "in", "out", "--direction", "photo2label", "--batch-size", "x"],
-        ["deploy"],  # --pool is required
+        ["deploy", "--pool", "gpu"],  # gone: prefect.yaml holds the deployments (prefect deploy --all)
     ],
 )
 def test_bad_arguments_exit_2_with_usage(argv, capsys):
@@ -74,7 +74,7 @@ def test_module_entry_point_prints_help():
         text=True,
         check=True,
     )
-    assert all(command in result.stdout for command in ("serve", "deploy", "translate"))
+    assert all(command in result.stdout for command in ("serve", "ui", "translate", "prefect.yaml"))
 
 
 def test_serve_without_a_prefect_api_says_how_to_start_one(capsys):

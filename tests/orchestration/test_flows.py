@@ -1,4 +1,5 @@
-"""The `cyclegan` flow's logic: overrides on params.yaml, the stage order, failure handling, MLflow parent.
+"""The `cyclegan` flow's logic: overrides on params.yaml, choosing runs without editing it, the stage order,
+failure handling, the MLflow parent, one run per workspace, the project allow-list.
 
 The flow runs for real against a temporary Prefect server (`prefect_test_harness`) and a temporary
 MLflow store; only DVC is replaced, by a recorder passed as the flow's stage runner. `dvc_command`
@@ -11,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,33 +20,12 @@ import yaml
 from prefect import flow
 
 from pipeline.core.errors import PipelineError
-from pipeline.orchestration import flows
+from pipeline.orchestration import tasks
 from pipeline.orchestration.dvc import StageFailed, dvc_command
-from pipeline.orchestration.flows import ensure_concurrency_limit, run_ablation, stage_task, visible_gpus
+from pipeline.orchestration.flows import run_ablation, select_runs
 from pipeline.orchestration.overrides import BACKUP_NAME, apply_params_overrides, normalize_overrides
-
-PARAMS = """\
-# the comment stays
-data:
-  source: http://example.invalid/cityscapes.tar.gz
-train:
-  max_steps: 100
-  experiment: flow-tests
-variants:
-  a: {adversarial: true}
-  b: {adversarial: false}
-  c: {adversarial: true}
-"""
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    root = tmp_path / "project"
-    root.mkdir()
-    (root / "params.yaml").write_text(PARAMS)
-    (root / "dvc.yaml").write_text("stages: {}\n")
-    return root
-
+from pipeline.orchestration.tasks import ensure_concurrency_limit, stage_task, visible_gpus
+from tests.orchestration.fakes import PARAMS, RecordingDvc, parent_run
 
 # --- overrides -----------------------------------------------------------------------------------------
 
@@ -100,25 +81,32 @@ def test_a_variant_name_that_is_not_a_plain_word_is_refused(project: Path):
         apply_params_overrides(params, ["train.max_steps=5"])
 
 
-def test_variant_selection_is_an_override(project: Path):
-    change = apply_params_overrides(project / "params.yaml", [], variants=["c", "a"])
-    assert change.overrides == ["~variants.b"]
-    assert change.variants == ["c", "a"]  # the caller's order
-    assert list(yaml.safe_load((project / "params.yaml").read_text())["variants"]) == ["a", "c"]
-    with pytest.raises(PipelineError, match=r"unknown variant\(s\) b"):
-        apply_params_overrides(project / "params.yaml", [], variants=["b"])
-    with pytest.raises(PipelineError, match="variants is empty"):
-        apply_params_overrides(project / "params.yaml", [], variants=[])
+def test_choosing_runs_picks_variant_seed_pairs_and_says_whether_they_are_all():
+    params = {"variants": {"a": {}, "b": {}, "c": {}}, "seeds": [0, 1]}
+    assert select_runs(params, None, None) == ([(v, s) for v in "abc" for s in (0, 1)], True)
+    assert select_runs(params, ["c", "a"], [1]) == ([("c", 1), ("a", 1)], False)  # the caller's order
+    assert select_runs(params, ["c", "a", "b"], [1, 0]) == ([(v, s) for v in "cab" for s in (1, 0)], True)
+    assert select_runs(params, [], None) == ([], False)  # the shared stages only
+    with pytest.raises(PipelineError, match=r"unknown variant\(s\) d; params.yaml `variants:` has a, b, c"):
+        select_runs(params, ["d"], None)
+    with pytest.raises(PipelineError, match=r"seeds \[2\] must be a non-empty selection .* \[0, 1\]"):
+        select_runs(params, None, [2])
+    with pytest.raises(PipelineError, match="non-empty"):
+        select_runs(params, None, [])
+
+
+def test_overrides_that_leave_no_variant_are_refused(project: Path):
     with pytest.raises(PipelineError, match="leave no variant"):
-        apply_params_overrides(project / "params.yaml", ["~variants.a", "~variants.c"])
+        apply_params_overrides(project / "params.yaml", ["~variants.a", "~variants.b", "~variants.c"])
+    assert (project / "params.yaml").read_text() == PARAMS
 
 
 def test_download_retries_with_backoff_and_training_resumes_on_retry():
     download = stage_task("download")
-    assert download.retries == flows.DOWNLOAD_RETRIES
+    assert download.retries == tasks.DOWNLOAD_RETRIES
     assert download.retry_delay_seconds == [10.0, 20.0, 40.0]
     # Resume is exact: a retried train or judge stage continues from its last checkpoint.
-    assert stage_task("train@a-0").retries == stage_task("judge").retries == flows.TRAINING_RETRIES == 2
+    assert stage_task("train@a-0").retries == stage_task("judge").retries == tasks.TRAINING_RETRIES == 2
     assert stage_task("translate@a-0").retries == stage_task("report").retries == 0
     assert stage_task("train@a-0").tags == {"dvc", "gpu"} and stage_task("split").tags == {"dvc"}
 
@@ -126,56 +114,21 @@ def test_download_retries_with_backoff_and_training_resumes_on_retry():
 # --- the flow with a recording stage runner ------------------------------------------------------------
 
 
-class RecordingDvc:
-    """Stands in for DVC: records each command, writes a dvc.lock entry for split, fails on request."""
-
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
-        self.fail: set[str] = set()
-        self.envs: list[dict[str, str]] = []
-
-    def __call__(self, args, project_dir: Path, env) -> None:
-        self.calls.append(list(args))
-        self.envs.append(dict(env))
-        stage = args[-1]
-        if stage == "split":
-            lock = {
-                "schema": "2.0",
-                "stages": {"split": {"outs": [{"path": "data/split", "md5": "abc.dir"}]}},
-            }
-            (project_dir / "dvc.lock").write_text(yaml.safe_dump(lock))
-        if stage in self.fail:
-            raise StageFailed(f"`dvc {' '.join(args)}` exited with 1: error: {stage} is broken")
-
-
 RECORDER = RecordingDvc()
 
 
 @flow(name="cyclegan-under-test")
-def ablation_with_recorder(variants: list[str] | None, overrides: list[str] | None, project_dir: str):
+def ablation_with_recorder(
+    variants: list[str] | None,
+    overrides: list[str] | None,
+    project_dir: str | None,
+    push: bool = False,
+    seeds: list[int] | None = None,
+):
     # Enough GPU slots that the sequential tasks never wait on each other's slot release.
-    return run_ablation(variants, overrides, project_dir, gpu_slots=8, runner=RECORDER)
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    from prefect.testing.utilities import prefect_test_harness
-
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
-
-
-@pytest.fixture(scope="module")
-def mlflow_store(tmp_path_factory):
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    yield uri
-    if saved is None:
-        os.environ.pop("MLFLOW_TRACKING_URI")
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = saved
+    return run_ablation(
+        variants, overrides, project_dir, gpu_slots=8, push=push, runner=RECORDER, seeds=seeds
+    )
 
 
 @pytest.fixture
@@ -194,18 +147,9 @@ def _task_states(flow_run_id) -> dict[str, str]:
     return {run.name: run.state.type.value for run in runs}
 
 
-def _parent(uri: str, flow_run_id) -> object:
-    import mlflow
-
-    client = mlflow.MlflowClient(uri)
-    experiment = client.get_experiment_by_name("flow-tests")
-    runs = client.search_runs([experiment.experiment_id], f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
-    assert len(runs) == 1
-    return runs[0]
-
-
 def test_flow_runs_stages_in_order_and_records_the_parent(project, prefect_api, mlflow_store, recorder):
-    state = ablation_with_recorder(["a", "c"], ["train.max_steps=2"], str(project), return_state=True)
+    overrides = ["train.max_steps=2", "~variants.b"]  # removing a variant is an override like any other
+    state = ablation_with_recorder(None, overrides, str(project), return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
     assert result["variants"] == {"a-0": "completed", "c-0": "completed"}
@@ -226,7 +170,7 @@ def test_flow_runs_stages_in_order_and_records_the_parent(project, prefect_api, 
     assert params["train"]["max_steps"] == 2 and list(params["variants"]) == ["a", "c"]
     assert (project / BACKUP_NAME).read_text() == PARAMS
 
-    parent = _parent(mlflow_store, state.state_details.flow_run_id)
+    parent = parent_run(mlflow_store, state.state_details.flow_run_id)
     assert parent.info.run_id == parent_id and parent.info.status == "FINISHED"
     assert parent.data.tags["cyclegan.overrides"] == '["train.max_steps=2", "~variants.b"]'
     assert parent.data.tags["cyclegan.variants"] == "a,c"
@@ -260,7 +204,7 @@ def test_credentials_in_overrides_reach_neither_mlflow_nor_prefect(
     state = ablation_with_recorder(["a"], [override], str(project), return_state=True)
     assert state.is_completed(), state.message
     flow_run_id = state.state_details.flow_run_id
-    parent = _parent(mlflow_store, flow_run_id)
+    parent = parent_run(mlflow_store, flow_run_id)
     assert "***@example.invalid/c.tar.gz?***" in parent.data.tags["cyclegan.overrides"]
     artifacts = Path(
         mlflow.MlflowClient(mlflow_store).download_artifacts(parent.info.run_id, "params", str(tmp_path))
@@ -276,6 +220,98 @@ def test_credentials_in_overrides_reach_neither_mlflow_nor_prefect(
     recorded += [log.message for log in logs] + [str(note.data) for note in notes]
     assert any("***@example.invalid" in text for text in recorded[2:])  # the override was logged...
     assert not [text for text in recorded if "s3cret" in text or "token=abc" in text]  # ...redacted
+
+
+def test_choosing_variants_and_seeds_runs_their_stages_and_leaves_params_yaml_alone(
+    project, prefect_api, mlflow_store, recorder
+):
+    state = ablation_with_recorder(["c", "a"], None, str(project), return_state=True)
+    assert state.is_completed(), state.message
+    assert [call[-1] for call in recorder.calls] == [
+        "download", "split", "judge", "bounds",
+        "train@c-0", "translate@c-0", "evaluate@c-0", "train@a-0", "translate@a-0", "evaluate@a-0",
+    ]  # fmt: skip
+    # The variants it did not choose are still the study's: no report of a part of it, no rewrite.
+    assert (project / "params.yaml").read_text() == PARAMS and not (project / BACKUP_NAME).exists()
+    assert (
+        state.result()["report"] == "not written: this run covers 2 of the 3 (variant, seed)s of params.yaml"
+    )
+    parent = parent_run(mlflow_store, state.state_details.flow_run_id)
+    assert parent.data.tags["cyclegan.variants"] == "a,b,c" and parent.data.tags["cyclegan.overrides"] == "[]"
+
+    recorder.__init__()
+    state = ablation_with_recorder([], None, str(project), return_state=True)  # the shared stages only
+    assert state.is_completed(), state.message
+    assert [call[-1] for call in recorder.calls] == ["download", "split", "judge", "bounds"]
+
+
+def test_push_uses_the_shared_remote_and_restores_from_it_first(
+    project, prefect_api, mlflow_store, recorder, monkeypatch
+):
+    monkeypatch.setenv("CYCLEGAN_DVC_REMOTE", "/srv/dvc-remote")
+    state = ablation_with_recorder(["a"], None, str(project), push=True, return_state=True)
+    assert state.is_completed(), state.message
+    assert recorder.calls[0] == [
+        "remote",
+        "add",
+        "--local",
+        "--force",
+        "--default",
+        "cyclegan",
+        "/srv/dvc-remote",
+    ]
+    assert recorder.calls[1] == ["repro", "--pull", "download"]
+    assert recorder.calls[-1] == ["push", "--run-cache"]
+
+
+def test_a_second_flow_run_in_the_workspace_refuses_while_the_first_runs(
+    project, prefect_api, mlflow_store, recorder
+):
+    recorder.hold["judge"] = release = threading.Event()
+    first: dict = {}
+    thread = threading.Thread(
+        target=lambda: first.update(state=ablation_with_recorder(None, None, str(project), return_state=True))
+    )
+    thread.start()
+    try:
+        assert recorder.reached.setdefault("judge", threading.Event()).wait(60), "the first run never started"
+        second = ablation_with_recorder(None, ["train.max_steps=7"], str(project), return_state=True)
+        assert second.is_failed()
+        assert f"another flow run is working in {project} (" in second.message, second.message
+        assert f"pid {os.getpid()}, since " in second.message
+        assert "run this one in another clone" in second.message
+        assert (project / "params.yaml").read_text() == PARAMS  # not rewritten under the first run
+    finally:
+        release.set()
+        thread.join(60)
+    assert first["state"].is_completed(), first["state"].message
+    third = ablation_with_recorder(["a"], None, str(project), return_state=True)
+    assert third.is_completed(), third.message  # free again once the first one ended
+
+
+def test_project_dir_is_the_served_project_unless_allowed(
+    project, prefect_api, mlflow_store, recorder, monkeypatch
+):
+    monkeypatch.delenv("CYCLEGAN_ALLOWED_PROJECTS")
+    state = ablation_with_recorder(None, None, str(project), return_state=True)
+    assert state.is_failed() and recorder.calls == []
+    assert f"project_dir {project} refused" in state.message and "CYCLEGAN_ALLOWED_PROJECTS" in state.message
+    # A link inside an allowed folder that leads out of it is what it leads to.
+    allowed = project.parent / "allowed"
+    allowed.mkdir()
+    (allowed / "link").symlink_to(project)
+    monkeypatch.setenv("CYCLEGAN_ALLOWED_PROJECTS", str(allowed))
+    state = ablation_with_recorder(None, None, str(allowed / "link"), return_state=True)
+    assert state.is_failed() and "refused" in state.message and recorder.calls == []
+
+
+def test_the_flow_ends_runs_whose_process_died(project, prefect_api, mlflow_store, recorder):
+    from pipeline.orchestration import liveness, tracking
+
+    ghost = tracking.start_run("flow-tests", "killed-stage", None, {}, {liveness.PID_TAG: "999999999"})
+    state = ablation_with_recorder(["a"], None, str(project), return_state=True)
+    assert state.is_completed(), state.message
+    assert tracking.client().get_run(ghost).info.status == "KILLED"
 
 
 def test_gpu_limit_is_created_once_and_then_left_to_the_team(prefect_api):
@@ -303,7 +339,7 @@ def test_failing_variant_does_not_stop_the_others(project, prefect_api, mlflow_s
     states = _task_states(state.state_details.flow_run_id)
     assert states["translate@b-0"] == "FAILED"
     assert states["evaluate@a-0"] == "COMPLETED" and states["evaluate@c-0"] == "COMPLETED"
-    assert _parent(mlflow_store, state.state_details.flow_run_id).info.status == "FAILED"
+    assert parent_run(mlflow_store, state.state_details.flow_run_id).info.status == "FAILED"
 
 
 def test_failing_shared_stage_stops_the_flow(project, prefect_api, mlflow_store, recorder):
@@ -317,22 +353,6 @@ def test_bad_overrides_fail_before_any_stage(project, prefect_api, mlflow_store,
     state = ablation_with_recorder(None, ["train.nope=1"], str(project), return_state=True)
     assert state.is_failed() and "invalid override" in state.message
     assert recorder.calls == [] and (project / "params.yaml").read_text() == PARAMS
-
-
-def test_cyclegan_deploy_registers_the_flow_on_a_work_pool(prefect_api):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-
-    from pipeline.orchestration.cli import main
-
-    with get_client(sync_client=True) as client:
-        client.create_work_pool(WorkPoolCreate(name="gpu-test", type="process"))
-    assert main(["deploy", "--pool", "gpu-test", "--name", "ablation"]) == 0
-    with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name("cyclegan/ablation")
-    assert deployment.entrypoint == "pipeline.orchestration.flows.cyclegan"
-    assert deployment.work_pool_name == "gpu-test"
-    assert set(deployment.parameter_openapi_schema["properties"]) >= {"variants", "overrides", "project_dir"}
 
 
 # --- dvc_command on a real DVC project -----------------------------------------------------------------

@@ -1,0 +1,140 @@
+"""The flow's tasks: one DVC stage each (named and tagged for the Prefect UI and the GPU limit), the
+push to the shared remote; the environment the stages run in; the GPU concurrency limit."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from pipeline.core.entry import RESTORE_ONLY_ENV
+from pipeline.core.errors import PipelineError
+from pipeline.orchestration import tracking
+from pipeline.orchestration.dvc import StageRunner
+
+SHARED_STAGES = ("download", "split", "judge", "bounds")
+VARIANT_STAGES = ("train", "translate", "evaluate")
+REPORT_STAGE = "report"
+GPU_STAGES = frozenset({"judge", "bounds", "train", "translate", "evaluate"})
+GPU_TAG = "gpu"  # tag concurrency limit: GPU stages running at once, over every flow run on the server
+DVC_TAG = "dvc"
+DOWNLOAD_RETRIES = 3
+DOWNLOAD_BACKOFF_S = 10.0  # 10 s, 20 s, 40 s (+ jitter) between whole-stage retries
+TRAINING_STAGES = frozenset({"judge", "train"})
+TRAINING_RETRIES = 2
+TRAINING_RETRY_DELAY_S = 30.0
+REMOTE_ENV = "CYCLEGAN_DVC_REMOTE"  # the shared DVC remote's URL (prefect.yaml sets it for every worker)
+REMOTE_NAME = "cyclegan"
+
+
+@task(name="dvc-stage", task_run_name="{stage}", cache_policy=NO_CACHE, tags=[DVC_TAG])
+def run_stage(
+    stage: str,
+    project_dir: Path,
+    env: Mapping[str, str],
+    runner: StageRunner,
+    single_item: bool = False,
+    pull: bool = False,
+) -> str:
+    """One DVC stage (and whatever upstream of it is out of date) via ``dvc repro``; with `pull`, a stage
+    in the default remote's run cache is restored from it instead of run (``dvc repro --pull``)."""
+    options = [*(["--single-item"] if single_item else []), *(["--pull"] if pull else [])]
+    runner(["repro", *options, stage], project_dir, env)
+    return stage
+
+
+@task(name="dvc-push", task_run_name="dvc push --run-cache", cache_policy=NO_CACHE, tags=[DVC_TAG])
+def push_run_cache(project_dir: Path, env: Mapping[str, str], runner: StageRunner) -> None:
+    """Outputs and DVC's run cache to the default remote: another clone then reproduces by checkout."""
+    runner(["push", "--run-cache"], project_dir, env)
+
+
+def stage_task(stage: str):
+    """`run_stage` named and tagged for `stage` (``train@cyclegan`` -> task ``train``, tags dvc, gpu)."""
+    kind = stage.split("@", 1)[0]
+    tags = {DVC_TAG, GPU_TAG} if kind in GPU_STAGES else {DVC_TAG}
+    options: dict[str, Any] = {"name": kind, "tags": tags}
+    if kind == "download":
+        # The stage retries transient HTTP errors itself; this covers a longer outage of the mirror.
+        options.update(
+            retries=DOWNLOAD_RETRIES,
+            retry_delay_seconds=exponential_backoff(DOWNLOAD_BACKOFF_S),
+            retry_jitter_factor=0.2,
+        )
+    elif kind in TRAINING_STAGES:
+        # Resume is exact, so a retry after a lost worker or a killed process costs only the steps
+        # since the last checkpoint.
+        options.update(retries=TRAINING_RETRIES, retry_delay_seconds=TRAINING_RETRY_DELAY_S)
+    return run_stage.with_options(**options)
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process sees (0 without torch or CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def ensure_concurrency_limit(tag: str, slots: int | None, create: bool = True) -> int:
+    """Make sure a tag concurrency limit exists for `tag`; returns the limit in force (0: none).
+
+    With `slots` None an existing limit is left as the team set it and a missing one is created with
+    one slot per visible GPU (at least 1), unless `create` is False: a run that is part of a fan-out
+    sees only its own machine's GPUs, not the team's. An explicit `slots` sets the limit.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        if slots is None:
+            try:
+                return client.read_concurrency_limit_by_tag(tag).concurrency_limit
+            except ObjectNotFound:
+                if not create:
+                    return 0
+                slots = max(1, visible_gpus())
+        if slots < 1:
+            raise PipelineError(f"gpu_slots must be >= 1, got {slots}")
+        client.create_concurrency_limit(tag=tag, concurrency_limit=slots)  # an upsert on the server
+        return slots
+
+
+def stage_env(store: str, parent_id: str) -> dict[str, str]:
+    """The environment DVC and the stages run in: the flow's, plus the store and the parent run."""
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = store
+    env[tracking.PARENT_ENV] = parent_id
+    # `python -m stages.x` in dvc.yaml must be this environment's Python, whatever PATH the
+    # serving process was started with.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TQDM_MININTERVAL", "15")  # progress bars become log lines: one every 15 s
+    env.pop(RESTORE_ONLY_ENV, None)
+    return env
+
+
+def check_worker_env() -> None:
+    """One line when a ``{{ $VAR }}`` of prefect.yaml reached the worker unfilled (unset at deploy time)."""
+    for name in ("MLFLOW_TRACKING_URI", REMOTE_ENV):
+        value = os.environ.get(name, "")
+        if "{{" in value:
+            raise PipelineError(
+                f"{name} is {value!r} on this worker: it was not set where `prefect deploy` ran; export "
+                "it there and deploy again (prefect.yaml)"
+            )
+
+
+def use_shared_remote(project: Path, runner: StageRunner) -> None:
+    """`REMOTE_ENV`, when set, becomes the clone's default DVC remote (in ``.dvc/config.local``, which
+    git ignores), so ``dvc push``/``dvc repro --pull`` by the flow and by hand use the same one."""
+    if os.environ.get(REMOTE_ENV):
+        remote = ["remote", "add", "--local", "--force", "--default", REMOTE_NAME, os.environ[REMOTE_ENV]]
+        runner(remote, project, dict(os.environ))
