@@ -24,9 +24,12 @@ else
 	dvc repro
 endif
 
+# Two pytest workers: the end-to-end tests (one xdist group, tests/conftest.py) mostly wait on servers
+# and subprocesses while the other worker runs the rest. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	ruff check .
-	python -m pytest
+	python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # Re-pin constraints.txt to what .venv holds now (after changing dependencies in pyproject.toml).
 constraints: $(STAMP)

@@ -9,6 +9,14 @@ import pytest
 from tests.factories import make_archive, make_pix2pix_tree
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `pytest -n N --dist loadgroup` (make test) the end-to-end tests share one worker, so their
+    session fixtures (servers, the project copy, the ablation run) start once; the rest spread out."""
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+
+
 @pytest.fixture
 def pix2pix_tree(tmp_path: Path) -> Path:
     """An extracted tiny archive: 12 train and 4 val images, 512x256."""
