@@ -96,6 +96,12 @@ def select_runs(
     return pairs, set(pairs) == {(v, s) for v in known for s in known_seeds}
 
 
+def run_names(pairs: Sequence[tuple[str, int]]) -> list[str]:
+    """``<variant>-<seed>`` of each pair: the DVC stage suffix (``train@cyclegan-0``) and output stem, as
+    `pipeline.report.results.run_name` writes it (not imported: it would load scipy into every flow run)."""
+    return [f"{variant}-{seed}" for variant, seed in pairs]
+
+
 @dataclasses.dataclass
 class Launch:
     """What one flow run works on and with, once prepared (under the workspace lock)."""
@@ -112,7 +118,7 @@ class Launch:
 
     @property
     def names(self) -> list[str]:
-        return [f"{variant}-{seed}" for variant, seed in self.pairs]
+        return run_names(self.pairs)
 
 
 def _prepare(
@@ -142,7 +148,7 @@ def _prepare(
     elif change.overrides:
         logger.info("params.yaml already holds the overrides %s", redact_text(" ".join(change.overrides)))
     pairs, complete = select_runs(change.after, *selection)
-    listed = ", ".join(f"{variant}-{seed}" for variant, seed in pairs) or "none (the shared stages only)"
+    listed = ", ".join(run_names(pairs)) or "none (the shared stages only)"
     logger.info("runs: %s%s", listed, "" if complete else " (a part of params.yaml's variants x seeds)")
 
     experiment = (change.after.get("train") or {}).get("experiment") or "cyclegan-ablation"
@@ -158,6 +164,10 @@ def _prepare(
     logger.info("MLflow parent run %s (experiment %r) in %s", parent_id, experiment, redact_url(store))
     env = stage_env(store, parent_id)
     return Launch(project, change, pairs, complete, store, parent_id, not parent_run_id, env, experiment)
+
+
+def _all_completed(outcomes: Mapping[str, str]) -> bool:
+    return all(outcome == "completed" for outcome in outcomes.values())
 
 
 def _check_parent(parent_id: str, store: str) -> None:
@@ -210,7 +220,7 @@ def _run_stages(
         report = (
             f"not written: this run covers {len(launch.pairs)} of the {total} (variant, seed)s of params.yaml"
         )
-    elif all(outcome == "completed" for outcome in outcomes.values()):
+    elif _all_completed(outcomes):
         stage_task(REPORT_STAGE)(REPORT_STAGE, launch.project, launch.env, runner, pull=pull)
         report = "reports/ (dvc.lock up to date)"
     else:
@@ -232,7 +242,11 @@ def _finish(launch: Launch, outcomes: Mapping[str, str], report: str, status: st
             tracking.end_run(launch.parent_id, status)
         for run_id in liveness.end_dead_runs(tracking.client(), launch.experiment):
             logger.warning("MLflow run %s: its stage was killed; ended KILLED", run_id)
-    records.publish_summary(launch.change, outcomes, launch.parent_id, launch.store, report, launch.project)
+    records.publish_summary(
+        records.markdown_summary(
+            launch.change, outcomes, launch.parent_id, launch.store, report, launch.project
+        )
+    )
     if launch.change.changed:
         logger.warning(
             "params.yaml still holds this run's overrides; the original is in %s", launch.change.backup
@@ -297,7 +311,7 @@ def _in_workspace(launch: Launch, runner: StageRunner, push: bool) -> tuple[dict
     report, status = "not run", "FAILED"
     try:
         report = _run_stages(launch, launch.names, runner, outcomes, push, pull=push)
-        status = "FINISHED" if all(o == "completed" for o in outcomes.values()) else "FAILED"
+        status = "FINISHED" if _all_completed(outcomes) else "FAILED"
     finally:
         _finish(launch, outcomes, report, status)
     return outcomes, report, status
@@ -328,10 +342,8 @@ def _fan_out(
                 f"the shared stages did not complete ({shared[fanout.SHARED].why()}): no run can"
             )
         handles = {
-            f"{variant}-{seed}": children.start(
-                f"{variant}-{seed}", fanout.child_parameters(base, variant, seed)
-            )
-            for variant, seed in launch.pairs
+            name: children.start(name, fanout.child_parameters(base, variant, seed))
+            for name, (variant, seed) in zip(launch.names, launch.pairs, strict=True)
         }
         results = children.wait(handles)
         for name, result in results.items():
@@ -342,7 +354,7 @@ def _fan_out(
         logger.info("collect: %d run(s) from the DVC remote's run cache", len(completed))
         with workspace.workspace_lock(launch.project, run_info):
             report = _run_stages(launch, completed, runner, outcomes, push, pull=True, restore_only=True)
-        status = "FINISHED" if all(o == "completed" for o in outcomes.values()) else "FAILED"
+        status = "FINISHED" if _all_completed(outcomes) else "FAILED"
     finally:
         _finish(launch, outcomes, report, status)
     return outcomes, report, status

@@ -88,19 +88,12 @@ def markdown_summary(
     return "\n".join(lines)
 
 
-def publish_summary(
-    change: ParamsChange,
-    outcomes: Mapping[str, str],
-    parent_id: str,
-    store: str,
-    report: str,
-    project_dir: Path,
-) -> None:
-    """`markdown_summary` as the flow run's artifact `ARTIFACT_KEY`."""
+def publish_summary(markdown: str) -> None:
+    """`markdown` (a `markdown_summary`) as the flow run's artifact `ARTIFACT_KEY`."""
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(
-        markdown_summary(change, outcomes, parent_id, store, report, project_dir),
+        markdown,
         key=ARTIFACT_KEY,
         description="variants, overrides and the MLflow parent run of this ablation",
     )

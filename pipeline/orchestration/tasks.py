@@ -15,6 +15,7 @@ from prefect.tasks import exponential_backoff
 
 from pipeline.core.entry import RESTORE_ONLY_ENV
 from pipeline.core.errors import PipelineError
+from pipeline.core.progress import INTERVAL_ENV
 from pipeline.orchestration import tracking
 from pipeline.orchestration.dvc import StageRunner
 
@@ -116,7 +117,7 @@ def stage_env(store: str, parent_id: str) -> dict[str, str]:
     # serving process was started with.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("TQDM_MININTERVAL", "15")  # progress bars become log lines: one every 15 s
+    env.setdefault(INTERVAL_ENV, "15")  # progress bars become log lines: one every 15 s
     env.pop(RESTORE_ONLY_ENV, None)
     return env
 
