@@ -21,7 +21,6 @@ from pipeline.core.errors import PipelineError
 
 SHARED = "shared"  # the child that runs the shared stages (download, split, judge, bounds)
 POLL_S = 5.0  # how often the orchestrator asks the API how its children are doing
-FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +74,10 @@ class DeploymentChildren:
     """Children as flow runs of `deployment` (``flow/deployment``), which must be on a work pool."""
 
     def __init__(self, deployment: str, label: str, orchestrator_id: str | None, logger):
-        self.deployment, self.label, self.orchestrator_id, self.logger = (
-            deployment,
-            label,
-            orchestrator_id,
-            logger,
-        )
+        self.deployment = deployment
+        self.label = label
+        self.orchestrator_id = orchestrator_id
+        self.logger = logger
 
     def check(self) -> str:
         """The deployment's work pool; one line if it has none (a served deployment runs where it is
@@ -125,10 +122,10 @@ class DeploymentChildren:
                     if name in results:
                         continue
                     flow_run = client.read_flow_run(flow_run_id)
-                    state = flow_run.state.type.value if flow_run.state else "SCHEDULED"
-                    if state in FINAL_STATES:
-                        message = (flow_run.state.message or "") if flow_run.state else ""
-                        results[name] = ChildResult(name, flow_run.name, state, message[:500])
+                    if flow_run.state is not None and flow_run.state.is_final():  # Prefect's terminal states
+                        state = flow_run.state.type.value
+                        message = (flow_run.state.message or "")[:500]
+                        results[name] = ChildResult(name, flow_run.name, state, message)
                         self.logger.info("%s: child flow run %s ended %s", name, flow_run.name, state)
                 if len(results) < len(handles):
                     time.sleep(POLL_S)
