@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.data.download import SOURCE_ENV
 from tests.factories import make_archive, make_pix2pix_tree
 
 
@@ -15,6 +16,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("e2e"):
             item.add_marker(pytest.mark.xdist_group("e2e"))
+
+
+@pytest.fixture(autouse=True)
+def _no_data_source_override(monkeypatch):
+    """`.ci/run` exports CYCLEGAN_DATA_SOURCE (the real archive), which outranks `data.source`; every
+    test names its own source (the e2e tests put theirs in the environments they build)."""
+    monkeypatch.delenv(SOURCE_ENV, raising=False)
 
 
 @pytest.fixture

@@ -99,8 +99,7 @@ def test_ctrl_c_is_interrupted_130_and_debug_shows_the_traceback(capsys, monkeyp
 
 
 def _stage(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    # CI exports CYCLEGAN_DATA_SOURCE, a user may export CYCLEGAN_DEBUG: each test gives the stage its own.
-    environment = {k: v for k, v in os.environ.items() if k not in ("CYCLEGAN_DEBUG", "CYCLEGAN_DATA_SOURCE")}
+    environment = {k: v for k, v in os.environ.items() if k != "CYCLEGAN_DEBUG"}
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,

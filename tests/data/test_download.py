@@ -23,12 +23,6 @@ TINY_COUNTS = {"train": 12, "val": 4}
 HTML_PAGE = b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head><body>nope</body></html>\n"
 
 
-@pytest.fixture(autouse=True)
-def _no_source_override(monkeypatch):
-    # CI sets CYCLEGAN_DATA_SOURCE to the real archive; these tests choose their own sources.
-    monkeypatch.delenv(SOURCE_ENV, raising=False)
-
-
 def tiny_cfg(source, **overrides) -> DataConfig:
     settings = dict(retries=0, timeout_s=5.0, backoff_s=0.01, expected_counts=dict(TINY_COUNTS))
     settings.update(overrides)
