@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 # make repro PROFILE=paper: the same pipeline as a DVC experiment with profiles/paper.yaml applied.
 repro: $(STAMP)
 ifdef PROFILE
-	dvc exp run $$(python -m pipeline.orchestration.profiles $(PROFILE))
+	dvc exp run $$(python -m pipeline.core.profiles $(PROFILE))
 else
 	dvc repro
 endif

@@ -51,9 +51,9 @@ from PIL import Image
 
 from pipeline.core.device import resolve_device, seeded
 from pipeline.cyclegan.config import TrainConfig
+from pipeline.cyclegan.curves import LossLog
 from pipeline.cyclegan.losses import LossSwitches
-from pipeline.cyclegan.steps import LossLog
-from pipeline.cyclegan.trainer import (
+from pipeline.cyclegan.step import (
     DiscriminatorObjective,
     GeneratorObjective,
     build_trainer,

@@ -7,7 +7,7 @@ Phases, each in its own process (a crash or a hang in one - a CUDA error, a comp
 finish - is recorded and the session goes on; every phase has a deadline):
 
 1. unpack the carried split and judge (`benchmarks.carry`);
-2. on CUDA: the GPU tests of tests/test_fast.py (a captured step equals eager steps), ~10 s;
+2. on CUDA: the GPU tests of tests/cyclegan/test_fast.py (a captured step equals eager steps), ~10 s;
 3. the benchmark (`benchmarks.bench`) with its own time budget;
 4. the plan: from the benchmark's measured rate of the fastest working fast-path mode at the ablation
    batch size (default 1, the paper's), the number of epochs E that lets all five variants finish in the
@@ -235,9 +235,10 @@ def run_ablation(plan_path: Path) -> int:
     """Train the planned variants in order, in this one process; times into ablation_times.json."""
     import torch
 
-    from pipeline.core.config import from_mapping, read_params, read_variants
+    from pipeline.core.config import from_mapping, read_params
+    from pipeline.core.study import read_variants
     from pipeline.cyclegan.config import TrainConfig
-    from pipeline.cyclegan.loop import train_variant
+    from pipeline.cyclegan.loop import TrainingRun, train_variant
     from pipeline.cyclegan.losses import LossSwitches
 
     plan = json.loads(plan_path.read_text())
@@ -248,15 +249,15 @@ def run_ablation(plan_path: Path) -> int:
     for name in VARIANT_ORDER:
         switches = from_mapping(LossSwitches, variants[name], f"variants.{name}")
         started = time.monotonic()
-        train_variant(
-            plan["split"],
-            work / "models" / name,
+        run = TrainingRun(
             name,
             switches,
             cfg,
-            metrics_path=work / "plots" / "train" / f"{name}-{cfg.seed}.csv",
-            track=False,
+            Path(plan["split"]),
+            work / "models" / name,
+            curves=work / "plots" / "train" / f"{name}-{cfg.seed}.csv",
         )
+        train_variant(run)  # recorded by nothing: this session has no MLflow store
         times[name] = round(time.monotonic() - started, 1)
         (work / "ablation_times.json").write_text(json.dumps(times, indent=2))
         print(f"ablation: {name} trained in {times[name]} s", flush=True)
@@ -269,13 +270,13 @@ def run_ablation(plan_path: Path) -> int:
 def run_evaluation_phase(plan_path: Path) -> int:
     """Translate and score every finished variant, the floor and ceiling, then the report."""
     import pipeline.scoring.fid
-    from pipeline.core.config import load_section
+    from pipeline.core.config import from_mapping, load_section
     from pipeline.cyclegan.checkpoint import load_checkpoint
+    from pipeline.cyclegan.translate import TranslateConfig, translate_val
     from pipeline.report.build import ReportConfig, build_report
     from pipeline.report.paper import PAPER_ORDER
-    from pipeline.scoring.bounds import run_bounds
+    from pipeline.scoring.bounds import BoundsConfig, run_bounds
     from pipeline.scoring.evaluate import EvaluateConfig, run_evaluation
-    from pipeline.scoring.translate import TranslateConfig, translate_val
 
     # No Inception weights travel and nothing outside the machine answers: fail fast, not 60 s a try.
     pipeline.scoring.fid.DOWNLOAD_TIMEOUT_S = 3.0
@@ -308,7 +309,10 @@ def run_evaluation_phase(plan_path: Path) -> int:
         print("evaluate: nothing to report", flush=True)
         return 1
     bounds = work / "metrics" / "bounds.json"
-    run_bounds(plan["split"], plan["judge"], bounds, work / "confusion" / "bounds.npz", evaluate_cfg)
+    bounds_cfg = from_mapping(
+        BoundsConfig, {"batch_size": evaluate_cfg.batch_size, "device": evaluate_cfg.device}, "evaluate"
+    )
+    run_bounds(plan["split"], plan["judge"], bounds, work / "confusion" / "bounds.npz", bounds_cfg)
     build_report(
         [name for name in PAPER_ORDER if name in done],
         [seed],
@@ -320,7 +324,6 @@ def run_evaluation_phase(plan_path: Path) -> int:
         work / "plots" / "train",
         work / "reports",
         load_section(params, "report", ReportConfig),
-        track=False,
     )
     return 0
 
@@ -424,7 +427,7 @@ def run_session(
                 "-q",
                 "-m",
                 "gpu",
-                "tests/test_fast.py",
+                "tests/cyclegan/test_fast.py",
                 "-k",
                 "False",
                 "-p",

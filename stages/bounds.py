@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from pipeline.core.config import load_section
+from pipeline.core.config import from_mapping, read_params
 from pipeline.core.directions import DIRECTIONS
 from pipeline.core.entry import run_main
-from pipeline.scoring.bounds import run_bounds
-from pipeline.scoring.evaluate import EvaluateConfig
-from pipeline.scoring.metrics import SCORES
+from pipeline.judge.metrics import SCORES
+from pipeline.scoring.bounds import BoundsConfig, run_bounds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def work() -> int:
-        cfg = load_section(args.params, "evaluate", EvaluateConfig)
+        section = read_params(args.params).get("evaluate") or {}
+        keys = {field: section[field] for field in ("batch_size", "device") if field in section}
+        cfg = from_mapping(BoundsConfig, keys, "evaluate")
         start = time.perf_counter()
         result = run_bounds(args.split, args.judge, args.out, args.confusion, cfg)
         shown = "; ".join(

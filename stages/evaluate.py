@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from pipeline.core.config import load_section
+from pipeline.core.config import read_params, section_of
 from pipeline.core.directions import DIRECTIONS
 from pipeline.core.entry import run_main
+from pipeline.judge.metrics import SCORES
 from pipeline.scoring.evaluate import EvaluateConfig, run_evaluation
-from pipeline.scoring.metrics import SCORES
+from pipeline.tracking.evaluate import EvaluateRecorder
+from pipeline.tracking.parent import experiment_of
 
 
 def _fmt(value: float | None) -> str:
@@ -23,13 +25,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--translations", required=True, help="translations/<variant> folder")
     parser.add_argument("--split", required=True, help="split folder (val/ and manifest.csv)")
     parser.add_argument("--judge", required=True, help="the FCN judge's checkpoint.pt")
-    parser.add_argument("--checkpoint", help="the variant's training checkpoint (for its MLflow run id)")
+    parser.add_argument(
+        "--checkpoint", help="the run's training checkpoint (which training the scores are of)"
+    )
     parser.add_argument("--out", required=True, help="metrics JSON to write")
     parser.add_argument("--confusion", help="per-image confusion matrices (.npz) to write, for the report")
     args = parser.parse_args(argv)
 
     def work() -> int:
-        cfg = load_section(args.params, "evaluate", EvaluateConfig)
+        params = read_params(args.params)
+        cfg = section_of(params, "evaluate", EvaluateConfig, args.params)
+        recorder = EvaluateRecorder(experiment_of(params), cfg.log_samples)
         start = time.perf_counter()
         metrics = run_evaluation(
             args.variant,
@@ -40,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg,
             checkpoint=args.checkpoint,
             confusion_npz=args.confusion,
+            recorder=recorder,
         )
         scores = "; ".join(
             f"{direction} "

@@ -4,15 +4,12 @@ ceiling, pairwise differences, per-row DVC metrics, loss curves, plots)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from pipeline.core.config import from_mapping, load_section, read_params
+from pipeline.core.config import read_params, section_of
 from pipeline.core.entry import run_main
-from pipeline.core.errors import PipelineError
-from pipeline.cyclegan.config import TrainConfig
-from pipeline.cyclegan.identity import ablation_key, data_fingerprint
-from pipeline.orchestration import tracking
+from pipeline.core.study import read_study
 from pipeline.report.build import ReportConfig, build_report
+from pipeline.tracking.report import ReportRecorder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,23 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def work() -> int:
-        cfg = load_section(args.params, "report", ReportConfig)
         params = read_params(args.params)
-        variants, seeds = list(params.get("variants") or {}), params.get("seeds")
-        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-            raise PipelineError(
-                f"{args.params}: `seeds:` must be a non-empty list of integers, got {seeds!r}"
-            )
-        train = from_mapping(TrainConfig, params.get("train") or {}, "train")
-
-        def open_parent() -> str:
-            # The launch's parent, as its train stages opened it (or would have, had any run trained).
-            key = ablation_key(data_fingerprint(Path(args.split)), train, params["variants"], seeds)
-            return tracking.open_parent(train.experiment, key, f"ablation-{key[:8]}")
-
+        cfg = section_of(params, "report", ReportConfig, args.params)
+        study = read_study(params, args.params)
+        recorder = ReportRecorder(params, args.split)
         paths = build_report(
-            variants,
-            seeds,
+            list(study.variants),
+            study.seeds,
             args.metrics,
             args.confusion,
             args.bounds,
@@ -53,14 +40,12 @@ def main(argv: list[str] | None = None) -> int:
             args.train_plots,
             args.out,
             cfg,
-            open_parent=open_parent,
+            recorder=recorder,
         )
-        parent = paths.mlflow_parent_run_id
-        attached = f"; attached to MLflow run {parent}" if parent else ""
-        seconds = paths.summary.bootstrap["seconds"]
+        attached = f"; attached to MLflow run {recorder.parent_id}" if recorder.parent_id else ""
         print(
-            f"report: {len(variants)} variants x {len(seeds)} seeds -> {paths.markdown}, {paths.csv}, "
-            f"{paths.json}, {len(paths.plots)} plots; bootstrap {seconds:.2f} s{attached}"
+            f"report: {len(study.variants)} variants x {len(study.seeds)} seeds -> {paths.markdown}, "
+            f"{paths.csv}, {paths.json}, {len(paths.plots)} plots{attached}"
         )
         return 0
 

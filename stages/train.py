@@ -1,20 +1,23 @@
 """DVC stage `train@<variant>-<seed>`: data/split -> models/<variant>-<seed>/checkpoint.pt.
 
-The library side is `pipeline.cyclegan.loop.train_variant`.
+The library side is `pipeline.cyclegan.loop.train_variant`; the MLflow record is
+`pipeline.tracking.train.TrainRecorder`, handed to it (recording only: not a code dep of the stage).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
-from pipeline.core.config import from_mapping, load_section, read_params, read_variants
+from pipeline.core.config import from_mapping, read_params, section_of
 from pipeline.core.entry import run_main
 from pipeline.core.errors import PipelineError
+from pipeline.core.study import read_study
 from pipeline.cyclegan.config import TrainConfig
-from pipeline.cyclegan.loop import train_variant
+from pipeline.cyclegan.loop import TrainingRun, train_variant
 from pipeline.cyclegan.losses import LossSwitches
-from pipeline.orchestration.profiles import matching_profile
+from pipeline.tracking.train import TrainRecorder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,31 +45,27 @@ def main(argv: list[str] | None = None) -> int:
             raise PipelineError(
                 f"{args.params}: train.seed is gone; list the training seeds in the top-level `seeds:`"
             )
-        seed = args.seed if args.seed is not None else (params.get("seeds") or [0])[0]
-        cfg = dataclasses.replace(load_section(args.params, "train", TrainConfig), seed=seed)
-        variants = read_variants(params, args.params)
-        if args.variant not in variants:
-            known = ", ".join(variants) or "none"
+        study = read_study(params, args.params)
+        if args.variant not in study.variants:
+            known = ", ".join(study.variants) or "none"
             raise PipelineError(
                 f"variant {args.variant!r} is not in {args.params} `variants:` (known: {known})"
             )
-        switches = from_mapping(LossSwitches, variants[args.variant], f"variants.{args.variant}")
-        # The launch this run belongs to: every variant and seed of params.yaml (its MLflow parent).
-        ablation = {
-            "variants": variants,
-            "seeds": params.get("seeds") or [cfg.seed],
-            "profile": matching_profile(params),
-        }
-        train_variant(
-            args.split,
-            args.out,
-            args.variant,
-            switches,
-            cfg,
-            metrics_path=args.plots,
-            ablation=ablation,
-            resume_dir=args.resume_dir,
+        seed = study.seeds[0] if args.seed is None else args.seed
+        if seed not in study.seeds:
+            raise PipelineError(f"seed {seed} is not in {args.params} `seeds:` {study.seeds}")
+        cfg = dataclasses.replace(section_of(params, "train", TrainConfig, args.params), seed=seed)
+        switches = from_mapping(LossSwitches, study.variants[args.variant], f"variants.{args.variant}")
+        run = TrainingRun(
+            variant=args.variant,
+            switches=switches,
+            cfg=cfg,
+            split_dir=Path(args.split),
+            out_dir=Path(args.out),
+            curves=Path(args.plots) if args.plots else None,
+            resume_dir=Path(args.resume_dir) if args.resume_dir else None,
         )
+        train_variant(run, TrainRecorder(params))
         # The loop already said where the checkpoint is (once, on rank 0 under torchrun).
         return 0
 

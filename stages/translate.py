@@ -7,7 +7,7 @@ import time
 
 from pipeline.core.config import load_section
 from pipeline.core.entry import run_main
-from pipeline.scoring.translate import TranslateConfig, translate_val
+from pipeline.cyclegan.translate import TranslateConfig, translate_val
 
 
 def main(argv: list[str] | None = None) -> int:

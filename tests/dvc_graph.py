@@ -1,11 +1,22 @@
-"""Each DVC stage's code, computed from the code itself: the import closure of its entry point.
+"""Each DVC stage's code, computed from the code itself: the import closure of its entry point, less
+the recording layer.
 
 A stage's entry point is the module its ``cmd`` runs (``python -m stages.<name>``). Its closure is
 every project module that running it can import: the modules named by every ``import`` statement
 anywhere in a module (functions' lazy imports included, since they run too), each package's
-``__init__`` on the way, recursively. `tests/test_dvc_graph.py` holds ``dvc.yaml`` to it; run this
-module to print each stage's closure as ``dvc.yaml`` code deps (a folder stands for its files when
-every one of them is in the closure), or rewrite them in place:
+``__init__`` on the way, recursively, except the recording layer (`RECORDING`).
+
+The recording layer is the one exclusion, and why: `pipeline.tracking` records how a result came about
+(MLflow runs, tags, parents, process liveness, profile names). An entry point imports it only to build
+the `Recorder` it hands its computing code (`pipeline.core.recording`), which tells the recorder what
+happened and never reads anything back, and no computing module imports it (`tests/test_layers.py`).
+So no output can depend on it: `tests/test_outputs.py` shows every stage's outputs byte-identical with
+and without it. Leaving it (and what only it imports) out of the deps is what keeps an edit to MLflow
+code from re-running training.
+
+`tests/test_dvc_graph.py` holds ``dvc.yaml`` to these closures; run this module to print each stage's
+closure as ``dvc.yaml`` code deps (a folder stands for its files when every one of them is in the
+closure), or rewrite them in place:
 
     .venv/bin/python -m tests.dvc_graph            # print
     .venv/bin/python -m tests.dvc_graph --write    # replace each stage's pipeline/ and stages/ deps
@@ -23,6 +34,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "stages")  # the project's importable code; anything else is a dependency
+RECORDING = "pipeline.tracking"  # the recording layer: never a stage's code dep (see the module docstring)
+
+
+def is_recording(module: str) -> bool:
+    return module == RECORDING or module.startswith(f"{RECORDING}.")
 
 
 def module_file(module: str) -> Path | None:
@@ -67,13 +83,14 @@ def direct_imports(path: Path) -> frozenset[str]:
     return frozenset(m for m in found if module_file(m) is not None)
 
 
-def closure(entry: str) -> set[Path]:
-    """Files of every project module that importing module `entry` can import, transitively."""
+def closure(entry: str, recording: bool = False) -> set[Path]:
+    """Files of every project module that importing module `entry` can import, transitively; without
+    the recording layer and what only it imports, unless `recording`."""
     todo, seen = list(_with_parents(entry)), set()
     while todo:
         module = todo.pop()
         path = module_file(module)
-        if path is None or path in seen:
+        if path is None or path in seen or (is_recording(module) and not recording):
             continue
         seen.add(path)
         todo.extend(direct_imports(path))

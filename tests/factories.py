@@ -23,14 +23,17 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline.cyclegan.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from pipeline.core.fileio import save_torch
+from pipeline.core.recording import NOTHING, Recorder
+from pipeline.cyclegan.checkpoint import FORMAT, load_checkpoint
 from pipeline.cyclegan.config import TrainConfig
+from pipeline.cyclegan.loop import TrainingRun, TrainResult, train_variant
 from pipeline.cyclegan.losses import LossSwitches
 from pipeline.cyclegan.models import GeneratorConfig, ResnetGenerator, init_weights
 from pipeline.data.labels import NUM_CLASSES, colorize
 from pipeline.judge.model import FCN8s, FCNConfig
-from pipeline.judge.scoring import FORMAT as JUDGE_FORMAT
-from pipeline.judge.scoring import KIND
+from pipeline.judge.segment import FORMAT as JUDGE_FORMAT
+from pipeline.judge.segment import KIND
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,8 +214,8 @@ def make_val_split(root: Path, n: int = 3, size: int = 16, seed: int = 0) -> Pat
 # --- checkpoints, params, processes ---------------------------------------------------------------------
 
 
-def make_checkpoint(path: Path, variant: str = "cyclegan", run_id: str | None = None, seed: int = 0) -> Path:
-    """A format-1 checkpoint with tiny, differently initialised G and F (what translate needs of it)."""
+def make_checkpoint(path: Path, variant: str = "cyclegan", seed: int = 0) -> Path:
+    """A checkpoint with tiny, differently initialised G and F (what translate and evaluate need of it)."""
     generator = torch.Generator().manual_seed(seed)
     nets = {}
     for name in ("G", "F"):
@@ -223,12 +226,28 @@ def make_checkpoint(path: Path, variant: str = "cyclegan", run_id: str | None = 
         "format": FORMAT,
         "variant": variant,
         "config": {"train": {"ngf": TINY_GENERATOR.ngf, "n_blocks": TINY_GENERATOR.n_blocks}, "switches": {}},
+        "data": {"train_sha256": f"data-of-{variant}", "protocol": "disjoint"},
         "nets": nets,
         "step": 7,
-        "mlflow_run_id": run_id,
     }
-    save_checkpoint(path, state)
+    save_torch(path, state)
     return path
+
+
+def train_run(
+    split_dir: Path,
+    out_dir: Path,
+    variant: str,
+    switches: LossSwitches,
+    cfg: TrainConfig,
+    curves: Path | None = None,
+    resume_dir: Path | None = None,
+    recorder: Recorder = NOTHING,
+    on_step=None,
+) -> TrainResult:
+    """`train_variant` of the run these describe (recorded by `recorder`: by default, nothing)."""
+    run = TrainingRun(variant, switches, cfg, Path(split_dir), Path(out_dir), curves, resume_dir)
+    return train_variant(run, recorder, on_step)
 
 
 def write_params(path: Path, cfg: TrainConfig, variants: dict[str, LossSwitches]) -> Path:
@@ -262,7 +281,7 @@ def on_step(step, losses):
         os.kill(os.getpid(), signum)
 
 real = train.train_variant
-stage.train_variant = lambda *a, **k: real(*a, on_step=on_step, **k)
+stage.train_variant = lambda run, recorder: real(run, recorder, on_step=on_step)
 sys.exit(stage.main(sys.argv[3:]))
 """
 
@@ -304,8 +323,8 @@ import importlib, resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 limit, module = int(sys.argv[1]), importlib.import_module(sys.argv[2])
 if sys.argv[2] == "stages.train":  # no MLflow store: its database alone is larger than the limit
-    real = module.train_variant
-    module.train_variant = lambda *a, **k: real(*a, **{**k, "track": False})
+    from pipeline.core.recording import NOTHING
+    module.TrainRecorder = lambda *a, **k: NOTHING
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 sys.exit(module.main(sys.argv[3:]))
 """
@@ -360,7 +379,7 @@ def copy_project(destination: Path, keep_lock: bool = True, commit: bool = False
 
 def poison_loss(monkeypatch, term: str, at_call: int, value: float) -> None:
     """Make the generator objective return `value` times `term` on its `at_call`-th call (1-based)."""
-    import pipeline.cyclegan.trainer as trainer
+    import pipeline.cyclegan.step as trainer
 
     real, calls = trainer.generator_losses, {"n": 0}
 
@@ -395,8 +414,8 @@ def make_report_inputs(
     """Everything the report stage reads, for variants of the given mean accuracy: metrics files,
     per-image matrices (image accuracies spread around the variant's quality, shifted per seed), the
     bounds, a val split, translations and loss curves."""
+    from pipeline.judge.metrics import segmentation_scores
     from pipeline.scoring.evaluate import save_confusions
-    from pipeline.scoring.metrics import segmentation_scores
 
     rng = np.random.default_rng(0)
     spread = rng.uniform(-0.1, 0.1, n_images)

@@ -30,15 +30,15 @@ def test_every_stage_depends_on_exactly_its_import_closure():
 def test_a_deleted_dep_is_caught(tmp_path):
     text = (ROOT / "dvc.yaml").read_text()
     broken = tmp_path / "dvc.yaml"
-    # The evaluate stage's line naming the judge's scoring module.
+    # The evaluate stage's line naming the judge's segmenting module.
     start = text.index("\n  evaluate:\n")
     head, tail = text[:start], text[start:]
     broken.write_text(
-        head + re.sub(r"^ +- pipeline/judge/scoring\.py\n", "", tail, count=1, flags=re.MULTILINE)
+        head + re.sub(r"^ +- pipeline/judge/segment\.py\n", "", tail, count=1, flags=re.MULTILINE)
     )
     problems = drift(broken)
     print(json.dumps(problems, indent=2))
-    assert problems == {"evaluate": {"missing": ["pipeline/judge/scoring.py"], "extra": []}}
+    assert problems == {"evaluate": {"missing": ["pipeline/judge/segment.py"], "extra": []}}
 
 
 def test_a_dep_outside_the_closure_is_caught(tmp_path):
@@ -89,7 +89,7 @@ def _changed(project: Path) -> dict[str, set[str]]:
     return changed
 
 
-@pytest.mark.parametrize("module", ["pipeline/judge/scoring.py", "pipeline/report/figures.py"])
+@pytest.mark.parametrize("module", ["pipeline/judge/segment.py", "pipeline/report/figures.py"])
 def test_dvc_status_lists_exactly_the_stages_whose_closure_holds_an_edited_module(tmp_path, module):
     project = copy_project(tmp_path / "project")
     before = _changed(project)

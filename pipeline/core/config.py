@@ -13,9 +13,9 @@ import dataclasses
 import math
 import operator
 import os
-import re
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,8 +26,6 @@ from pipeline.core.errors import PipelineError
 T = TypeVar("T")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-# Variant names become folders (models/<name>) and words of the shell commands in dvc.yaml.
-VARIANT_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
 def read_params(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
@@ -175,38 +173,31 @@ def _describe_bounds(ge, gt, le, lt) -> str:
     return f"<= {le}" if le is not None else f"< {lt}"
 
 
-def read_variants(params: dict[str, Any], where: str = "params.yaml") -> dict[str, Any]:
-    """The `variants:` section of a params mapping, each name checked against `VARIANT_NAME`."""
-    variants = params.get("variants") or {}
-    if not isinstance(variants, dict):
-        raise PipelineError(f"{where} `variants:` must map variant names to their loss switches")
-    for name in variants:
-        if not isinstance(name, str) or not VARIANT_NAME.fullmatch(name):
-            raise PipelineError(
-                f"variant name {name!r} in {where} `variants:` must match ^[A-Za-z0-9_]+$ (it becomes "
-                "a folder and a shell word in dvc.yaml): rename it"
-            )
-    return variants
-
-
 def load_section(params_path: str | os.PathLike, section: str, cls: type[T]) -> T:
     """Read one section of a params file into dataclass `cls`."""
-    params = read_params(params_path)
+    return section_of(read_params(params_path), section, cls, params_path)
+
+
+def section_of(
+    params: dict[str, Any], section: str, cls: type[T], where: str | os.PathLike = "params.yaml"
+) -> T:
+    """One section of an already read params mapping into dataclass `cls` (`where` names the file)."""
     if section not in params:
-        raise PipelineError(f"{params_path} has no `{section}:` section")
+        raise PipelineError(f"{where} has no `{section}:` section")
     return from_mapping(cls, params[section], section)
 
 
 def to_flat_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
     """Flatten a (nested) dataclass into dotted keys, e.g. for `mlflow.log_params`."""
-    return _flatten(dataclasses.asdict(obj), prefix)
+    return flatten(dataclasses.asdict(obj), prefix)
 
 
-def _flatten(mapping: dict[str, Any], prefix: str) -> dict[str, Any]:
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys: ``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
     flat: dict[str, Any] = {}
     for key, value in mapping.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -22,9 +22,6 @@ from pipeline.core.signals import Interrupted
 from pipeline.core.urls import redact_text, redact_url
 
 DEBUG_ENV = "CYCLEGAN_DEBUG"
-# Set (to the reason) by a caller that wants stages restored by DVC, never run: the fan-out's collect
-# restores every stage from the DVC remote's run cache, and a stage DVC would run instead is an error.
-RESTORE_ONLY_ENV = "CYCLEGAN_RESTORE_ONLY"
 MAX_LINE = 600  # characters: a client library's message can be a page long
 
 _FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
@@ -40,9 +37,6 @@ def run_main(main: Callable[[], int], prefix: str = "error") -> int:
     An interrupted loop (`Interrupted`) and Ctrl-C elsewhere print ``interrupted: ...`` and return
     128 + the signal number, so a caller (DVC, the flow) sees that the stage was stopped, not broken.
     """
-    if os.environ.get(RESTORE_ONLY_ENV):
-        print(f"{prefix}: {_one_line(os.environ[RESTORE_ONLY_ENV])}", file=sys.stderr)
-        return 1
     try:
         return main()
     except Interrupted as exc:

@@ -1,12 +1,14 @@
-"""One checkpoint dict per variant, written atomically, loaded with `torch.load(weights_only=True)`.
+"""One checkpoint dict per (variant, seed), written atomically, loaded with `torch.load(weights_only=True)`.
 
 Layout of the dict (`pipeline.cyclegan.loop` writes it; everything is a tensor or a plain container, which is
 what `weights_only=True` accepts):
 
-    format          1
+    format          2
     variant         variant name, e.g. "cyclegan"
-    config          {"train": resolved TrainConfig as a dict, "switches": the variant's LossSwitches}
-    data            {"train_sha256": hash of the training files, "data_version": DVC md5 of the split}
+    config          {"train": TrainConfig as a dict without its OUTPUT_NEUTRAL_KEYS, "switches": LossSwitches}
+    fingerprint     what decides the training (`pipeline.cyclegan.loop.run_fingerprint`): a checkpoint
+                    is continued only under it
+    data            {"train_sha256": hash of the training files, "protocol": the split's protocol}
     nets            {"G": state_dict, "F": ..., "D_X": ..., "D_Y": ...}  (no D_* without adversarial term)
     optimizers      {"G": Adam state (G and F), "D": Adam state (D_X and D_Y)}
     schedulers      {"G": LambdaLR state, "D": ...}
@@ -16,32 +18,50 @@ what `weights_only=True` accepts):
                     (`seed_global_generators`): only torch's default layer init draws from them
     step, epoch     completed steps and the epoch the next step belongs to
     finished        True once the schedule (or max_steps) is done
-    history         per-epoch mean losses (rows of the DVC plots file)
-    epoch_sums, epoch_steps   running sums of the current epoch's losses
-    mlflow_run_id   the variant's MLflow run (a resumed run logs into it)
+    history         the loss-curve rows (one every log_every steps)
+    window, window_steps      running sums of the log window in progress
+    machine         the facts of the machine the weights were computed on (`pipeline.core.machine`)
+    recorder        unfinished checkpoints only: what the run's recorder needs to continue its record
+                    (the MLflow run id); never in the finished one, which is the stage's output and
+                    so must not depend on how the run was recorded
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pipeline.core.checkpoints import CHECKPOINT_NAME
 from pipeline.core.directions import GENERATOR
 from pipeline.core.errors import PipelineError
-from pipeline.core.fileio import save_torch
 from pipeline.cyclegan.models import GeneratorConfig, ResnetGenerator
 
-CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT = 1
+__all__ = ["CHECKPOINT_NAME", "FORMAT", "load_checkpoint", "load_generators", "read_checkpoint"]
+FORMAT = 2
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write `state` to `path` atomically."""
-    save_torch(path, state)
+def training_digest(state: dict[str, Any]) -> str:
+    """A short hash of everything a checkpoint says about how its weights were trained (variant,
+    config, data, steps): the same for the same training, whoever recorded it. The recording layer
+    tags the run's MLflow run with it, and finds that run again from a metrics file that carries it."""
+    record = {
+        "variant": state["variant"],
+        "config": state["config"],
+        "data": state["data"]["train_sha256"],
+        "step": state["step"],
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at `path`, None when there is none (`CheckpointFiles.load_resumable`'s reader)."""
+    return load_checkpoint(path) if path.is_file() else None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -66,7 +86,6 @@ class LoadedGenerators:
     F: ResnetGenerator  # label map -> photo
     config: dict[str, Any]  # {"train": {...}, "switches": {...}}
     variant: str
-    mlflow_run_id: str | None
     step: int
 
     def generator(self, direction: str) -> ResnetGenerator:
@@ -89,6 +108,5 @@ def load_generators(path: str | os.PathLike, device: str | torch.device = "cpu")
         F=nets["F"],
         config=state["config"],
         variant=state["variant"],
-        mlflow_run_id=state.get("mlflow_run_id"),
         step=state["step"],
     )

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pipeline.core.config import check_range
 
-# Keys that say how a run is carried out, not what it computes: changing them does not invalidate a
-# checkpoint (max_steps only moves the stopping point).
-# The fast-path switches change how a step runs, not what it computes (bf16, which does change the
-# arithmetic, is part of the identity).
-OPERATIONAL_KEYS = frozenset(
+# Keys that say how a run is carried out, not what it trains: a checkpoint made under other values is
+# continued, not restarted (max_steps only moves the stopping point; the device, the threads and the
+# fast-path switches change how a step runs). They can change the last bits of the result (a GPU
+# rounds otherwise than a CPU), so they stay DVC params deps. bf16, which changes the arithmetic on
+# purpose, is not one of them.
+RESUMABLE_KEYS = frozenset(
     {
         "device",
         "num_threads",
-        "checkpoint_every",
-        "log_every",
         "max_steps",
-        "experiment",
+        "log_every",
         "fast",
         "compile",
         "cuda_graphs",
@@ -75,6 +74,11 @@ class TrainConfig:
     max_steps: int | None = None  # stop early (tests, smoke runs); the lr schedule is unchanged
     experiment: str = "cyclegan-ablation"
 
+    # Keys that only say how a run is recorded or checkpointed: no output of the train stage depends on
+    # them (the checkpoint leaves them out), so they are not among its DVC params deps, and changing
+    # them retrains nothing (tests/test_outputs.py proves it byte for byte).
+    OUTPUT_NEUTRAL_KEYS: ClassVar[frozenset[str]] = frozenset({"experiment", "checkpoint_every"})
+
     def __post_init__(self) -> None:
         check_range(self, "seed", ge=0)
         check_range(self, ("load_size", "crop_size", "batch_size", "checkpoint_every", "log_every"), ge=1)
@@ -102,9 +106,13 @@ class TrainConfig:
     def epochs(self) -> int:
         return self.epochs_constant + self.epochs_decay
 
-    def identity(self) -> dict[str, Any]:
-        """The keys that decide what a run computes (everything but OPERATIONAL_KEYS)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in OPERATIONAL_KEYS}
+    def stored(self) -> dict[str, Any]:
+        """The config as a checkpoint keeps it: everything but `OUTPUT_NEUTRAL_KEYS`."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.OUTPUT_NEUTRAL_KEYS}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The keys that decide what a run trains: a checkpoint is continued only under these values."""
+        return {k: v for k, v in self.stored().items() if k not in RESUMABLE_KEYS}
 
 
 def lr_factor(epoch: int, cfg: TrainConfig) -> float:

@@ -4,12 +4,13 @@ What changes against the plain path, and why (the losses, the update order and t
 the same: `Trainer.step` runs unchanged, and the draws come from the same seeded CPU generators):
 
 - Data: both domains are moved to the device once as uint8 (2975 images at 143 px are 180 MB), and
-  crop, flip and scaling to [-1, 1] run there (`pipeline.data.materialize`). Per step the host only
+  crop, flip and scaling to [-1, 1] run there (`pipeline.data.domains.materialize`). Per step the host only
   draws the batch's random choices and both pools' decisions (a few integers) and sends them in one
   (10, batch) int64 copy through a small ring of pinned buffers.
 - Pools: on the device and vectorised (`ImagePool.apply`), fixed shapes, no `.item()`.
-- No host synchronisation per step: losses are copied into a device buffer (`train.LossLog`) and read
-  back every `log_every` steps, where the NaN/inf check names the step and the term.
+- No host synchronisation per step: losses are copied into a device buffer
+  (`pipeline.cyclegan.curves.LossLog`) and read back every `log_every` steps, where the NaN/inf check
+  names the step and the term.
 - Fused Adam on CUDA; `channels_last` for the networks and images; `torch.compile` of the networks
   (not of the whole step, so the compiled code does not depend on the variant and one compile serves
   all five; static shapes).

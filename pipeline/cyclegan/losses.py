@@ -6,8 +6,8 @@ Domains and networks (the reference code's Cityscapes convention):
     G: X -> Y  (photo -> labels)          F: Y -> X  (labels -> photo)
     D_Y judges label maps: real y vs G(x) D_X judges photos: real x vs F(y)
 
-Tensors keep the reference's names: real_A = x, real_B = y, fake_B = G(x), fake_A = F(y),
-rec_A = F(G(x)), rec_B = G(F(y)), idt_B = G(y), idt_A = F(x).
+Tensors keep the reference's names (its G_A is G, its G_B is F): real_A = x, real_B = y,
+fake_B = G(x), fake_A = F(y), rec_A = F(G(x)), rec_B = G(F(y)), idt_A = G(y), idt_B = F(x).
 
 Generator objective (G and F are optimised together), each term only when its switch is on:
 
@@ -15,8 +15,8 @@ Generator objective (G and F are optimised together), each term only when its sw
     loss_F_adv          = MSE(D_X(F(y)), 1)                      adversarial
     loss_cycle_forward  = lambda * |F(G(x)) - x|_1               forward cycle  photo -> G -> F -> photo
     loss_cycle_backward = lambda * |G(F(y)) - y|_1               backward cycle labels -> F -> G -> labels
-    loss_idt_G          = lambda * identity * |G(y) - y|_1       identity (weight relative to lambda,
-    loss_idt_F          = lambda * identity * |F(x) - x|_1                 as the reference's lambda_identity)
+    loss_idt_G          = lambda * lambda_identity * |G(y) - y|_1    identity (the reference's loss_idt_A;
+    loss_idt_F          = lambda * lambda_identity * |F(x) - x|_1              loss_idt_B)
     loss_G              = sum of the terms above
 
 Discriminator objective (halved, as in the reference, so D learns at half the generators' rate), on fakes
@@ -49,12 +49,14 @@ class LossSwitches:
     adversarial: bool = True  # both directions: G against D_Y and F against D_X
     cycle_forward: bool = True  # photo -> G -> F -> photo
     cycle_backward: bool = True  # labels -> F -> G -> labels
-    identity: float = 0.0  # identity-loss weight relative to lambda_cycle (0 = off, the paper's Cityscapes)
+    # The paper's lambda_identity: the identity loss's weight relative to lambda_cycle (the reference's
+    # --lambda_identity, 0.5 in its defaults); 0 turns it off, as the paper did for Cityscapes.
+    lambda_identity: float = 0.0
 
     def __post_init__(self) -> None:
-        check_range(self, "identity", ge=0)
-        if not (self.adversarial or self.cycle_forward or self.cycle_backward or self.identity > 0):
-            raise ValueError("every loss term is off: turn on adversarial, a cycle, or identity")
+        check_range(self, "lambda_identity", ge=0)
+        if not (self.adversarial or self.cycle_forward or self.cycle_backward or self.lambda_identity > 0):
+            raise ValueError("every loss term is off: turn on adversarial, a cycle, or lambda_identity")
 
 
 def lsgan_loss(prediction: torch.Tensor, target_is_real: bool) -> torch.Tensor:
@@ -94,12 +96,12 @@ def generator_losses(
     if switches.cycle_backward:
         fakes["rec_B"] = G(fakes["fake_A"])
         losses["loss_cycle_backward"] = lambda_cycle * nnf.l1_loss(fakes["rec_B"], real_B)
-    if switches.identity > 0:
-        weight = lambda_cycle * switches.identity
-        fakes["idt_B"] = G(real_B)
-        fakes["idt_A"] = F(real_A)
-        losses["loss_idt_G"] = weight * nnf.l1_loss(fakes["idt_B"], real_B)
-        losses["loss_idt_F"] = weight * nnf.l1_loss(fakes["idt_A"], real_A)
+    if switches.lambda_identity > 0:
+        weight = lambda_cycle * switches.lambda_identity
+        fakes["idt_A"] = G(real_B)
+        fakes["idt_B"] = F(real_A)
+        losses["loss_idt_G"] = weight * nnf.l1_loss(fakes["idt_A"], real_B)
+        losses["loss_idt_F"] = weight * nnf.l1_loss(fakes["idt_B"], real_A)
     losses["loss_G"] = torch.stack(list(losses.values())).sum()
     return losses, fakes
 

@@ -17,9 +17,8 @@ import os
 import re
 import shutil
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlparse
 
 from PIL import Image, UnidentifiedImageError
@@ -59,6 +58,12 @@ class DataConfig:
     # The pix2pix archive's layout; tests pass tiny stand-ins.
     expected_counts: dict[str, int] = field(default_factory=lambda: {"train": 2975, "val": 500})
     image_size: tuple[int, int] = (512, 256)  # (width, height) of every archive image
+
+    # How the archive is fetched and what a valid one looks like: the extracted files (the output) are
+    # the archive's whatever these are, so only `source` and `sha256` are DVC params deps.
+    OUTPUT_NEUTRAL_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {"retries", "timeout_s", "backoff_s", "expected_counts", "image_size"}
+    )
 
     def __post_init__(self) -> None:
         if not self.source.strip():
@@ -154,7 +159,6 @@ def _stage(cfg: DataConfig, source: Source, scratch: Path, staged: Path) -> dict
         "bytes": size,
         "counts": counts,
         "image_size": list(cfg.image_size),
-        "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "pipeline_version": __version__,
     }
     (staged / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=2) + "\n")

@@ -19,7 +19,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -46,6 +46,9 @@ class SplitConfig:
     test_size: int = 128
     on_bad_image: Literal["error", "skip"] = "error"
     workers: int = 2
+
+    # How fast, not what: the split's files do not depend on it, so it is not a DVC params dep.
+    OUTPUT_NEUTRAL_KEYS: ClassVar[frozenset[str]] = frozenset({"workers"})
 
     def __post_init__(self) -> None:
         check_range(self, "seed", ge=0)
@@ -215,8 +218,8 @@ def split(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: SplitConf
 def _summary(manifest: pd.DataFrame, skipped: list[str], cfg: SplitConfig) -> dict:
     counts = manifest.groupby(["subset", "kind"]).size()
     return {
-        # `workers` changes speed, not output: leave it out so outputs stay byte-identical.
-        "config": {k: v for k, v in asdict(cfg).items() if k != "workers"},
+        # Speed, not output: left out so that outputs stay byte-identical.
+        "config": {k: v for k, v in asdict(cfg).items() if k not in cfg.OUTPUT_NEUTRAL_KEYS},
         "counts": {f"{subset}/{kind}": int(n) for (subset, kind), n in counts.items()},
         "skipped": skipped,
     }

@@ -26,23 +26,23 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.core.checkpoints import CheckpointFiles
 from pipeline.core.config import check_range
 from pipeline.core.device import resolve_device
 from pipeline.core.errors import PipelineError
-from pipeline.core.fileio import save_torch
 from pipeline.core.images import hwc_to_model, read_mask, read_rgb
 from pipeline.core.progress import progress
 from pipeline.core.signals import Interrupted, stop_requests
 from pipeline.data.labels import CLASS_NAMES, VOID
+from pipeline.judge.metrics import segmentation_scores
 from pipeline.judge.model import FCN8s, FCNConfig, init_weights
-from pipeline.judge.scoring import (
-    CHECKPOINT_NAME,
+from pipeline.judge.segment import (
     FORMAT,
     KIND,
     Judge,
@@ -51,12 +51,11 @@ from pipeline.judge.scoring import (
     paired_paths,
     read_judge_checkpoint,
 )
-from pipeline.scoring.metrics import segmentation_scores
 
 log = logging.getLogger(__name__)
 
-# Fields that do not change what is learned: changing them resumes instead of restarting.
-RESUMABLE_FIELDS = ("device", "checkpoint_every", "eval_batch_size")
+# Keys that do not change what is learned: a checkpoint made under other values is continued.
+RESUMABLE_KEYS = frozenset({"device", "checkpoint_every", "eval_batch_size"})
 
 
 @dataclass
@@ -75,6 +74,9 @@ class JudgeConfig:
     width: int = 24  # channels of the first stage; stages use 1, 2, 4, 8, 8 times this
     checkpoint_every: int = 100  # steps between checkpoints
     eval_batch_size: int = 50  # images per forward pass when scoring
+
+    # Keys no output of the judge stage depends on (the checkpoint leaves them out): not DVC params deps.
+    OUTPUT_NEUTRAL_KEYS: ClassVar[frozenset[str]] = frozenset({"checkpoint_every"})
 
     def __post_init__(self) -> None:
         check_range(self, "seed", ge=0)
@@ -99,7 +101,7 @@ def load_pairs(
     return torch.from_numpy(photos), torch.from_numpy(masks)
 
 
-def fingerprint(*arrays: torch.Tensor) -> str:
+def data_sha256(*arrays: torch.Tensor) -> str:
     """sha256 of the training tensors: a changed split restarts training even if the config did not."""
     digest = hashlib.sha256()
     for array in arrays:
@@ -125,24 +127,17 @@ def learning_rate(step: int, total_steps: int, cfg: JudgeConfig) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _identity(cfg: JudgeConfig, data_fingerprint: str) -> dict[str, Any]:
-    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE_FIELDS}
-    return {"config": config, "data": data_fingerprint}
+def stored_config(cfg: JudgeConfig) -> dict[str, Any]:
+    """The config as the checkpoint keeps it: everything but `OUTPUT_NEUTRAL_KEYS`."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in cfg.OUTPUT_NEUTRAL_KEYS}
 
 
-def _resume_state(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
-    """The checkpoint to continue from, or None (absent, or trained under another config/data)."""
-    state = read_judge_checkpoint(path)
-    if state is None:
-        return None
-    if state["identity"] != identity:
-        old, new = state["identity"], identity
-        changed = [k for k in new["config"] if old["config"].get(k) != new["config"][k]]
-        if old["data"] != new["data"]:
-            changed.append("training data")
-        log.warning("judge: %s changed since %s was written; training from scratch", ", ".join(changed), path)
-        return None
-    return state
+def judge_fingerprint(cfg: JudgeConfig, data_sha256: str) -> dict[str, Any]:
+    """What decides what the judge learns: a checkpoint is continued only under it."""
+    return {
+        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE_KEYS},
+        "data": data_sha256,
+    }
 
 
 def train_judge(
@@ -160,16 +155,15 @@ def train_judge(
     (class name -> IoU or None) and ``n_images``. Raises `Interrupted` after checkpointing
     when SIGTERM/SIGINT arrives.
     """
-    split_dir, out_dir = Path(split_dir), Path(out_dir)
-    path = out_dir / CHECKPOINT_NAME
-    resume = Path(resume_dir) / CHECKPOINT_NAME if resume_dir is not None else path
+    split_dir = Path(split_dir)
+    files = CheckpointFiles.of(out_dir, resume_dir)
     device = resolve_device(cfg.device, "judge.device")
 
     photo_paths, mask_paths = paired_paths(split_dir, "evaluator")
     if cfg.max_images is not None:
         photo_paths, mask_paths = photo_paths[: cfg.max_images], mask_paths[: cfg.max_images]
     photos, masks = load_pairs(photo_paths, mask_paths, cfg.image_size)
-    identity = _identity(cfg, fingerprint(photos, masks))
+    fingerprint = judge_fingerprint(cfg, data_sha256(photos, masks))
 
     generator = torch.Generator().manual_seed(cfg.seed)
     net = FCN8s(FCNConfig(width=cfg.width))
@@ -180,8 +174,8 @@ def train_judge(
     state = {
         "kind": KIND,
         "format": FORMAT,
-        "identity": identity,
-        "config": dataclasses.asdict(cfg),
+        "fingerprint": fingerprint,
+        "config": stored_config(cfg),
         "model": dataclasses.asdict(FCNConfig(width=cfg.width)),
         "step": 0,
         "total_steps": cfg.epochs * steps_per_epoch,
@@ -189,26 +183,24 @@ def train_judge(
         "history": [],
         "epoch_loss_sum": 0.0,
     }
-    previous = _resume_state(path, identity)
-    if previous is None and resume != path:
-        previous = _resume_state(resume, identity)
+    previous = files.load_resumable(
+        read_judge_checkpoint, fingerprint, lambda message: log.warning("judge: %s", message)
+    )
     if previous is not None:
-        check_finite_weights(previous["net"], path)
+        check_finite_weights(previous["net"], files.final)
         net.load_state_dict(previous["net"])
         optimizer.load_state_dict(previous["optimizer"])
         state.update({k: previous[k] for k in ("step", "finished", "history", "epoch_loss_sum")})
         if state["finished"]:
-            log.info("judge: %s already trained with this config and data; scoring only", path)
+            log.info("judge: %s already trained with this config and data; scoring only", files.final)
         else:
             log.info("judge: resuming from step %d/%d", state["step"], state["total_steps"])
 
-    if not state["finished"]:
-        _train(net, optimizer, photos.to(device), masks.to(device), state, cfg, resume)
-        if resume != path:  # the finished checkpoint into the output; the resume file has done its job
-            save_torch(path, {**state, "net": net.state_dict(), "optimizer": optimizer.state_dict()})
-            resume.unlink(missing_ok=True)
-    elif not path.is_file():  # finished in the resume folder
-        save_torch(path, {**state, "net": net.state_dict(), "optimizer": optimizer.state_dict()})
+    trained = not state["finished"]
+    if trained:
+        _train(net, optimizer, photos.to(device), masks.to(device), state, cfg, files)
+    if trained or not files.final.is_file():  # (a finished one can be in the resume folder)
+        files.save_final({**state, "net": net.state_dict(), "optimizer": optimizer.state_dict()})
 
     judge = Judge(net.eval(), cfg.image_size, device, cfg.eval_batch_size)
     val_photos, val_masks = paired_paths(split_dir, "val")
@@ -232,14 +224,14 @@ def _train(
     masks: torch.Tensor,
     state: dict[str, Any],
     cfg: JudgeConfig,
-    path: Path,
+    files: CheckpointFiles,
 ) -> None:
-    """Run the remaining steps, checkpointing into `path`; updates `state` in place."""
+    """Run the remaining steps, checkpointing into the resume file; updates `state` in place."""
     n_images, total = len(photos), state["total_steps"]
     steps_per_epoch = math.ceil(n_images / cfg.batch_size)
 
     def checkpoint() -> None:
-        save_torch(path, {**state, "net": net.state_dict(), "optimizer": optimizer.state_dict()})
+        files.save_progress({**state, "net": net.state_dict(), "optimizer": optimizer.state_dict()})
 
     net.train()
     plan_epoch, order, flips = -1, None, None
@@ -283,11 +275,11 @@ def _train(
             state["finished"] = state["step"] == total
             bar.update(1)
             bar.set_postfix(loss=f"{value:.3f}", epoch=epoch)
-            if state["finished"] or state["step"] % cfg.checkpoint_every == 0 or stop:
+            if not state["finished"] and (state["step"] % cfg.checkpoint_every == 0 or stop):
                 checkpoint()
             if stop and not state["finished"]:
                 raise Interrupted(
                     f"judge training stopped by {stop.name} at step {state['step']}/{total}; "
-                    f"checkpoint saved to {path}: rerun the stage to resume",
+                    f"checkpoint saved to {files.resume}: rerun the stage to resume",
                     stop.signum,
                 )

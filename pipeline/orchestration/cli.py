@@ -80,14 +80,15 @@ def _ui(args: argparse.Namespace) -> int:
     from pipeline.core.config import read_params
     from pipeline.core.project import dvc_root
     from pipeline.core.urls import redact_url
-    from pipeline.orchestration import tracking
+    from pipeline.tracking import store
+    from pipeline.tracking.parent import experiment_of
 
     project = dvc_root(Path.cwd()) or Path.cwd()
-    uri = tracking.tracking_uri(project)
+    uri = store.tracking_uri(project)
     params = read_params(project / "params.yaml") if (project / "params.yaml").is_file() else {}
-    experiment = args.experiment or (params.get("train") or {}).get("experiment") or "cyclegan-ablation"
-    with tracking.use_store(uri):
-        found = tracking.client().get_experiment_by_name(experiment)
+    experiment = args.experiment or experiment_of(params)
+    with store.use_store(uri):
+        found = store.client().get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found is not None else None
     if uri.startswith(("http://", "https://")):
         print(ui_link(redact_url(uri), experiment_id))  # a server already serves its UI
@@ -102,7 +103,7 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _translate(args: argparse.Namespace) -> int:
-    from pipeline.scoring.translate import translate_folder
+    from pipeline.cyclegan.translate import translate_folder
 
     count = translate_folder(
         args.checkpoint,

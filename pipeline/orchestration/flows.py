@@ -33,20 +33,19 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from pipeline.core.config import read_variants
-from pipeline.core.entry import RESTORE_ONLY_ENV
 from pipeline.core.errors import PipelineError
-from pipeline.core.project import stage_output_md5
-from pipeline.core.urls import redact_text, redact_url
-from pipeline.orchestration import fanout, liveness, records, tracking, workspace
-from pipeline.orchestration.dvc import StageRunner, dvc_command
-from pipeline.orchestration.overrides import (
+from pipeline.core.overrides import (
     BACKUP_NAME,
     PARAMS_NAME,
     ParamsChange,
     apply_params_overrides,
     normalize_overrides,
 )
+from pipeline.core.project import stage_output_md5
+from pipeline.core.study import read_study, run_name
+from pipeline.core.urls import redact_text, redact_url
+from pipeline.orchestration import fanout, records, workspace
+from pipeline.orchestration.dvc_runner import StageRunner, dvc_command
 from pipeline.orchestration.tasks import (
     GPU_TAG,
     REPORT_STAGE,
@@ -55,10 +54,13 @@ from pipeline.orchestration.tasks import (
     check_worker_env,
     ensure_concurrency_limit,
     push_run_cache,
+    restore_only_env,
     stage_env,
     stage_task,
     use_shared_remote,
 )
+from pipeline.tracking import liveness, runs, store
+from pipeline.tracking.parent import experiment_of, parent_name
 
 FLOW_NAME = "cyclegan"
 DEPLOYMENT_NAME = "ablation"  # the unit of work; on a work pool for the fan-out (prefect.yaml)
@@ -79,27 +81,20 @@ def select_runs(
     None selects every variant (seed) of params.yaml, in its order; a list selects those, in the
     caller's order; an empty list of variants selects none (only the shared stages run).
     """
-    known = list(read_variants(dict(params)))
-    known_seeds = list(params.get("seeds") or [0])
-    unknown = [name for name in variants or () if name not in known]
+    study = read_study(params)
+    unknown = [name for name in variants or () if name not in study.variants]
     if unknown:
-        listed = ", ".join(known) or "none"
+        listed = ", ".join(study.variants) or "none"
         raise PipelineError(f"unknown variant(s) {', '.join(unknown)}; params.yaml `variants:` has {listed}")
-    missing_seeds = [seed for seed in seeds or () if seed not in known_seeds]
+    missing_seeds = [seed for seed in seeds or () if seed not in study.seeds]
     if missing_seeds or seeds == []:
         raise PipelineError(
-            f"seeds {list(seeds)} must be a non-empty selection of params.yaml `seeds:` {known_seeds}"
+            f"seeds {list(seeds)} must be a non-empty selection of params.yaml `seeds:` {study.seeds}"
         )
-    chosen = list(dict.fromkeys(variants)) if variants is not None else known
-    chosen_seeds = list(dict.fromkeys(seeds)) if seeds is not None else known_seeds
+    chosen = list(dict.fromkeys(variants)) if variants is not None else list(study.variants)
+    chosen_seeds = list(dict.fromkeys(seeds)) if seeds is not None else study.seeds
     pairs = [(variant, seed) for variant in chosen for seed in chosen_seeds]
-    return pairs, set(pairs) == {(v, s) for v in known for s in known_seeds}
-
-
-def run_names(pairs: Sequence[tuple[str, int]]) -> list[str]:
-    """``<variant>-<seed>`` of each pair: the DVC stage suffix (``train@cyclegan-0``) and output stem, as
-    `pipeline.report.results.run_name` writes it (not imported: it would load scipy into every flow run)."""
-    return [f"{variant}-{seed}" for variant, seed in pairs]
+    return pairs, set(pairs) == set(study.runs)
 
 
 @dataclasses.dataclass
@@ -118,7 +113,7 @@ class Launch:
 
     @property
     def names(self) -> list[str]:
-        return run_names(self.pairs)
+        return [run_name(variant, seed) for variant, seed in self.pairs]
 
 
 def _prepare(
@@ -148,22 +143,22 @@ def _prepare(
     elif change.overrides:
         logger.info("params.yaml already holds the overrides %s", redact_text(" ".join(change.overrides)))
     pairs, complete = select_runs(change.after, *selection)
-    listed = ", ".join(run_names(pairs)) or "none (the shared stages only)"
+    listed = ", ".join(run_name(v, s) for v, s in pairs) or "none (the shared stages only)"
     logger.info("runs: %s%s", listed, "" if complete else " (a part of params.yaml's variants x seeds)")
 
-    experiment = (change.after.get("train") or {}).get("experiment") or "cyclegan-ablation"
-    store = tracking.tracking_uri(project)
-    with tracking.use_store(store):
-        for run_id in liveness.end_dead_runs(tracking.client(), experiment):
+    experiment = experiment_of(change.after)
+    store_uri = store.tracking_uri(project)
+    with store.use_store(store_uri):
+        for run_id in liveness.end_dead_runs(store.client(), experiment):
             logger.warning("MLflow run %s was left RUNNING by a process that died: ended KILLED", run_id)
         if parent_run_id:
-            _check_parent(parent_run_id, store)
+            _check_parent(parent_run_id, store_uri)
             parent_id = parent_run_id
         else:
-            parent_id = records.open_parent(experiment, key, run_info, change, params_path)
-    logger.info("MLflow parent run %s (experiment %r) in %s", parent_id, experiment, redact_url(store))
-    env = stage_env(store, parent_id)
-    return Launch(project, change, pairs, complete, store, parent_id, not parent_run_id, env, experiment)
+            parent_id = records.open_flow_parent(experiment, key, run_info, change, params_path)
+    logger.info("MLflow parent run %s (experiment %r) in %s", parent_id, experiment, redact_url(store_uri))
+    env = stage_env(store_uri, parent_id)
+    return Launch(project, change, pairs, complete, store_uri, parent_id, not parent_run_id, env, experiment)
 
 
 def _all_completed(outcomes: Mapping[str, str]) -> bool:
@@ -174,7 +169,7 @@ def _check_parent(parent_id: str, store: str) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
-        found = tracking.client().get_run(parent_id).info.lifecycle_stage == "active"
+        found = store.client().get_run(parent_id).info.lifecycle_stage == "active"
     except MlflowException:
         found = False
     if not found:
@@ -199,11 +194,11 @@ def _run_stages(
     stage but the report must come from the run cache (`RESTORE_ONLY`).
     """
     logger = get_run_logger()
-    env = {**launch.env, RESTORE_ONLY_ENV: RESTORE_ONLY} if restore_only else launch.env
+    env = restore_only_env(launch.env, launch.project, RESTORE_ONLY) if restore_only else launch.env
     for stage in SHARED_STAGES:
         stage_task(stage)(stage, launch.project, env, runner, pull=pull)
-    with tracking.use_store(launch.store):
-        tracking.set_tags(launch.parent_id, {DATA_HASH_TAG: stage_output_md5(launch.project, "split")})
+    with store.use_store(launch.store):
+        runs.set_tags(launch.parent_id, {DATA_HASH_TAG: stage_output_md5(launch.project, "split")})
 
     for name in names:
         try:
@@ -216,7 +211,7 @@ def _run_stages(
             outcomes[name] = "completed"
 
     if not launch.complete:
-        total = len(launch.change.variants) * len(launch.change.after.get("seeds") or [0])
+        total = len(read_study(launch.change.after).runs)
         report = (
             f"not written: this run covers {len(launch.pairs)} of the {total} (variant, seed)s of params.yaml"
         )
@@ -237,10 +232,10 @@ def _run_stages(
 def _finish(launch: Launch, outcomes: Mapping[str, str], report: str, status: str) -> None:
     """End the parent (if this run owns it), runs of processes that died, and publish the summary."""
     logger = get_run_logger()
-    with tracking.use_store(launch.store):
+    with store.use_store(launch.store):
         if launch.owns_parent:
-            tracking.end_run(launch.parent_id, status)
-        for run_id in liveness.end_dead_runs(tracking.client(), launch.experiment):
+            runs.end_run(launch.parent_id, status)
+        for run_id in liveness.end_dead_runs(store.client(), launch.experiment):
             logger.warning("MLflow run %s: its stage was killed; ended KILLED", run_id)
     records.publish_summary(
         records.markdown_summary(
@@ -273,7 +268,7 @@ def run_ablation(
     if not (project / "dvc.yaml").is_file() or not (project / PARAMS_NAME).is_file():
         raise PipelineError(f"{project} has no dvc.yaml and params.yaml: pass project_dir=<the project root>")
     run_info = records.flow_run_info()
-    key = ablation_key or run_info["id"] or "local"
+    key = launch_label(ablation_key, run_info["id"])
     normalized = normalize_overrides(overrides)
     part_of_a_fan_out = fan_out or bool(parent_run_id)
     slots = ensure_concurrency_limit(GPU_TAG, gpu_slots, create=not part_of_a_fan_out)
@@ -284,7 +279,7 @@ def run_ablation(
         if not fan_out:
             outcomes, report, status = _in_workspace(launch, runner, push)
     if fan_out:
-        label = f"ablation-{ablation_key or key[:8]}"
+        label = parent_name(key)
         children = children or fanout.DeploymentChildren(
             f"{FLOW_NAME}/{DEPLOYMENT_NAME}", label, run_info["id"], get_run_logger()
         )
@@ -360,6 +355,11 @@ def _fan_out(
     return outcomes, report, status
 
 
+def launch_label(ablation_key: str | None, flow_run_id: str | None) -> str:
+    """A flow run's ablation key: the one given, else the start of its flow run's id."""
+    return ablation_key or (flow_run_id or "local")[:8]
+
+
 def _flow_run_name() -> str:
     """``ablation-<key>``: the ablation key when given, else the start of the flow run's id; a fan-out's
     child keeps the name the fan-out gave it (``ablation-<key>-<variant>-<seed>``)."""
@@ -368,8 +368,7 @@ def _flow_run_name() -> str:
     parameters = flow_run.parameters or {}
     if parameters.get("parent_run_id") and flow_run.name:
         return flow_run.name
-    key = parameters.get("ablation_key") or (flow_run.id or "local")[:8]
-    return f"ablation-{key}"
+    return parent_name(launch_label(parameters.get("ablation_key"), flow_run.id))
 
 
 @flow(
@@ -398,7 +397,8 @@ def cyclegan(
             or a mapping like ``{"train.max_steps": 5}``; recorded in MLflow and in params.yaml.
         project_dir: another DVC project than the served one (only inside a folder listed in
             CYCLEGAN_ALLOWED_PROJECTS on the worker's machine).
-        ablation_key: groups runs under one MLflow parent run (default: this flow run's id).
+        ablation_key: groups runs under one MLflow parent run ``ablation-<key>`` (default: the start of
+            this flow run's id).
         gpu_slots: set the `gpu` tag concurrency limit (default: keep it, or create it with one
             slot per visible GPU; a fan-out never creates it).
         push: ``dvc push --run-cache`` at the end (and restore from the remote first), so another

@@ -2,7 +2,7 @@
 
     python pipeline/orchestration/guard.py <parent pid> <command...>
 
-The flow runs each DVC command through this guard (`pipeline.orchestration.dvc`). The command gets a
+The flow runs each DVC command through this guard (`pipeline.orchestration.dvc_runner`). The command gets a
 process group of its own: DVC and the stage it runs (and the stage's own workers) are all in it. The
 guard stops that whole group, SIGTERM first so a training stage saves its checkpoint and ends its
 MLflow run KILLED, then SIGKILL after `GRACE_S`, when

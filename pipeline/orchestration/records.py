@@ -9,9 +9,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.overrides import BACKUP_NAME, PARAMS_NAME, ParamsChange
 from pipeline.core.urls import redact_text, redact_url
-from pipeline.orchestration import liveness, tracking
-from pipeline.orchestration.overrides import BACKUP_NAME, PARAMS_NAME, ParamsChange
+from pipeline.tracking import liveness, runs
+from pipeline.tracking.parent import open_parent
 
 SCORES_ARTIFACT_KEY = "cyclegan-scores"
 ARTIFACT_KEY = "cyclegan-ablation"
@@ -25,15 +26,13 @@ def flow_run_info() -> dict[str, str | None]:
     return {"id": flow_run.id, "name": flow_run.name, "deployment": deployment.name, "url": flow_run.ui_url}
 
 
-def open_parent(
+def open_flow_parent(
     experiment: str, key: str, run_info: Mapping[str, str | None], change: ParamsChange, params_path: Path
 ) -> str:
     """The parent of this launch (race-free by key), tagged with what launched it and held by this
     process (`liveness`: a flow run that is SIGKILLed leaves it to be ended KILLED)."""
-    parent_id = tracking.open_parent(
-        experiment, key, f"ablation-{key}", tags={PREFECT_RUN_TAG: run_info["id"] or ""}
-    )
-    tracking.set_tags(
+    parent_id = open_parent(experiment, key, tags={PREFECT_RUN_TAG: run_info["id"] or ""})
+    runs.set_tags(
         parent_id,
         {
             "prefect.flow_run_name": run_info["name"],
@@ -48,7 +47,7 @@ def open_parent(
     with tempfile.TemporaryDirectory() as tmp:  # the params files as MLflow may keep them: URLs redacted
         for path in filter(None, (params_path, change.backup)):
             (Path(tmp) / path.name).write_text(redact_text(path.read_text()))
-            tracking.log_artifacts(parent_id, Path(tmp) / path.name, "params")
+            runs.log_artifacts(parent_id, Path(tmp) / path.name, "params")
     return parent_id
 
 

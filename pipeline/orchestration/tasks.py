@@ -4,6 +4,7 @@ push to the shared remote; the environment the stages run in; the GPU concurrenc
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,11 +14,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from pipeline.core.entry import RESTORE_ONLY_ENV
 from pipeline.core.errors import PipelineError
 from pipeline.core.progress import INTERVAL_ENV
-from pipeline.orchestration import tracking
-from pipeline.orchestration.dvc import StageRunner
+from pipeline.orchestration.dvc_runner import StageRunner
+from pipeline.tracking.parent import PARENT_ENV
 
 SHARED_STAGES = ("download", "split", "judge", "bounds")
 VARIANT_STAGES = ("train", "translate", "evaluate")
@@ -112,14 +112,30 @@ def stage_env(store: str, parent_id: str) -> dict[str, str]:
     """The environment DVC and the stages run in: the flow's, plus the store and the parent run."""
     env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = store
-    env[tracking.PARENT_ENV] = parent_id
-    # `python -m stages.x` in dvc.yaml must be this environment's Python, whatever PATH the
+    env[PARENT_ENV] = parent_id
+    # `python -m stages.<name>` in dvc.yaml must be this environment's Python, whatever PATH the
     # serving process was started with.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault(INTERVAL_ENV, "15")  # progress bars become log lines: one every 15 s
-    env.pop(RESTORE_ONLY_ENV, None)
     return env
+
+
+def restore_only_env(env: Mapping[str, str], project: Path, reason: str) -> dict[str, str]:
+    """`env` in which DVC can restore stages but run none: the fan-out's collect restores every stage
+    from the remote's run cache, and a stage that DVC would run instead is an error saying `reason`.
+
+    Every stage command in dvc.yaml is ``python -m stages.<name>``, which the shell DVC runs it in finds
+    on PATH; a ``python`` placed first on PATH that prints ``error: <reason>`` and exits 1 is what a
+    stage DVC tries to run then meets (DVC itself runs as ``<interpreter> -m dvc``, unaffected). The
+    stages know nothing of it.
+    """
+    shim = project / ".dvc" / "tmp" / "cyclegan-restore-only"
+    shim.mkdir(parents=True, exist_ok=True)
+    script = shim / "python"
+    script.write_text(f"#!/bin/sh\necho {shlex.quote('error: ' + reason)} >&2\nexit 1\n")
+    script.chmod(0o755)
+    return {**env, "PATH": os.pathsep.join([str(shim), env.get("PATH", "")])}
 
 
 def check_worker_env() -> None:

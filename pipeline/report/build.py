@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.core.config import check_range
 from pipeline.core.fileio import publish_entries, staging_dir
-from pipeline.orchestration.tracking import PARENT_ENV
+from pipeline.core.recording import NOTHING, Recorder
+from pipeline.core.study import run_name
 from pipeline.report import curves, figures, tables
-from pipeline.report.record import record
-from pipeline.report.results import Summary, load_inputs, run_name, summarize
+from pipeline.report.results import Summary, load_inputs, summarize
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,6 @@ class ReportPaths:
     losses: Path  # folder of per-term loss curves
     plots: list[Path]
     summary: Summary
-    mlflow_parent_run_id: str | None = None
 
 
 def _fid_reasons(summary: Summary) -> dict[str, str]:
@@ -78,11 +77,10 @@ def build_report(
     train_plots_dir: str | os.PathLike | None,
     out_dir: str | os.PathLike,
     cfg: ReportConfig = ReportConfig(),
-    track: bool = True,
-    open_parent: Callable[[], str] | None = None,
+    recorder: Recorder = NOTHING,
 ) -> ReportPaths:
-    """Write the report of `variants` x `seeds`; see the module docstring. With `track`, record it in
-    this launch's MLflow parent (the flow's, else the one `open_parent()` opens; none without it)."""
+    """Write the report of `variants` x `seeds` (see the module docstring), then hand it to `recorder`
+    (MLflow: the launch's parent run)."""
     out_dir, split_dir = Path(out_dir), Path(split_dir)
     inputs = load_inputs(variants, seeds, Path(metrics_dir), Path(confusion_dir), Path(bounds_json))
     summary = summarize(inputs, cfg.bootstrap_resamples, cfg.bootstrap_seed)
@@ -118,11 +116,10 @@ def build_report(
         publish_entries(tmp, out_dir)
         written = [out_dir / p.relative_to(tmp) for p in plots]
 
-    parent = None
-    if track and (open_parent is not None or os.environ.get(PARENT_ENV)):
-        all_runs = [run for rs in inputs.runs.values() for run in rs]
-        tags = {"cyclegan.variants": ",".join(variants), "cyclegan.seeds": ",".join(map(str, seeds))}
-        parent = record(all_runs, text, table, out_dir, open_parent, tags)
+    runs = [
+        {"variant": run.variant, "seed": run.seed, **run.metrics} for rs in inputs.runs.values() for run in rs
+    ]
+    recorder.report(runs, text, table, out_dir)
     return ReportPaths(
         markdown=out_dir / "ablation.md",
         csv=out_dir / "ablation.csv",
@@ -131,5 +128,4 @@ def build_report(
         losses=out_dir / "losses",
         plots=written,
         summary=summary,
-        mlflow_parent_run_id=parent,
     )

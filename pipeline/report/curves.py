@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.report.results import run_name
+from pipeline.core.study import run_name
 
 
 def read_curves(train_plots_dir: Path | None, runs: list[tuple[str, int]]) -> dict[str, pd.DataFrame]:

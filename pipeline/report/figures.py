@@ -14,10 +14,10 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.images import read_rgb
 from pipeline.data.labels import CLASS_NAMES
 from pipeline.data.manifest import image_id_key, read_manifest
+from pipeline.judge.metrics import SCORES
 from pipeline.report.curves import loss_terms
 from pipeline.report.paper import GROUND_TRUTH, PAPER_SCORES, ROW_TITLES, SCORE_TITLES, SHORT_TITLES
 from pipeline.report.results import Summary
-from pipeline.scoring.metrics import SCORES
 
 
 def _pyplot():

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,22 +22,18 @@ import numpy as np
 
 from pipeline.core.directions import DIRECTIONS
 from pipeline.core.errors import PipelineError
+from pipeline.core.study import run_name
+from pipeline.judge.metrics import SCORES, segmentation_scores
 from pipeline.scoring.bootstrap import (
     percentile_interval,
     resample_counts,
     resampled_scores,
     seed_summary,
 )
-from pipeline.scoring.metrics import SCORES, segmentation_scores
 
 FCN_METRICS = tuple(f"fcn/{d}/{s}" for d in DIRECTIONS for s in SCORES)
 FID_METRICS = tuple(f"fid/{d}" for d in DIRECTIONS)
 REFERENCE = "cyclegan"  # the variant every other one is compared with (the paper's question)
-
-
-def run_name(variant: str, seed: int) -> str:
-    """The file stem (and DVC stage suffix) of one (variant, seed): ``cyclegan-0``."""
-    return f"{variant}-{seed}"
 
 
 def read_json(path: Path) -> dict:
@@ -144,7 +139,6 @@ def summarize(inputs: Inputs, resamples: int, bootstrap_seed: int) -> Summary:
     """Per variant and metric: per-seed values, mean, std, seed t-interval (>= 2 seeds), the val-image
     bootstrap interval of the mean over seeds, and the floor-to-ceiling share; per variant against
     `REFERENCE`: the mean difference with its paired bootstrap interval."""
-    started = time.perf_counter()
     counts = resample_counts(len(inputs.image_ids), resamples, bootstrap_seed)
     floor_b = {d: resampled_scores(inputs.floor[d], counts) for d in DIRECTIONS}
     ceiling_b = {d: resampled_scores(inputs.ceiling[d], counts) for d in DIRECTIONS}
@@ -154,10 +148,7 @@ def summarize(inputs: Inputs, resamples: int, bootstrap_seed: int) -> Summary:
     resampled_means: dict[str, dict[str, np.ndarray]] = {}
     variants: dict[str, dict[str, Any]] = {}
     for variant, runs in inputs.runs.items():
-        entry: dict[str, Any] = {
-            "seeds": [run.seed for run in runs],
-            "mlflow_run_ids": [run.metrics.get("mlflow_run_id") for run in runs],
-        }
+        entry: dict[str, Any] = {"seeds": [run.seed for run in runs]}
         resampled_means[variant] = {}
         for direction in DIRECTIONS:
             per_seed = [resampled_scores(run.confusions[direction], counts) for run in runs]
@@ -211,7 +202,6 @@ def summarize(inputs: Inputs, resamples: int, bootstrap_seed: int) -> Summary:
         "resamples": resamples,
         "seed": bootstrap_seed,
         "images": len(inputs.image_ids),
-        "seconds": round(time.perf_counter() - started, 3),
     }
     ceiling_classes = {
         d: segmentation_scores(inputs.ceiling[d].sum(axis=0))["per_class_iou"] for d in DIRECTIONS

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.core.directions import DIRECTIONS
+from pipeline.judge.metrics import SCORES
 from pipeline.report.paper import (
     DEVIATIONS,
     DIRECTION_TITLES,
@@ -23,7 +24,6 @@ from pipeline.report.paper import (
     SCORE_TITLES,
 )
 from pipeline.report.results import FCN_METRICS, REFERENCE, Summary
-from pipeline.scoring.metrics import SCORES
 
 SIGNIFICANT = "✱"
 
@@ -150,8 +150,7 @@ def _sources(summary: Summary, prov: dict[str, Any], fid_reasons: dict[str, str]
     )
     b = summary.bootstrap
     lines.append(
-        f"- Bootstrap: {b['resamples']} resamples of the {b['images']} val images (seed {b['seed']}), "
-        f"{b['seconds']:.2f} s."
+        f"- Bootstrap: {b['resamples']} resamples of the {b['images']} val images (seed {b['seed']})."
     )
     for machine in prov["machines"]:
         lines.append("- Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items() if v) + ".")

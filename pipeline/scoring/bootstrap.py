@@ -28,7 +28,7 @@ def resample_counts(n_images: int, resamples: int, seed: int) -> np.ndarray:
 
 
 def batch_scores(cms: np.ndarray) -> dict[str, np.ndarray]:
-    """`pipeline.scoring.metrics.segmentation_scores` for a stack ``(..., n, n + 1)`` of matrices at once.
+    """`pipeline.judge.metrics.segmentation_scores` for a stack ``(..., n, n + 1)`` of matrices at once.
 
     Class means are over the classes present in each matrix's ground truth, as for one matrix.
     """

@@ -16,20 +16,34 @@ The per-image confusion matrices go to one .npz (``floor/<direction>``, ``ceilin
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from pipeline.core.config import check_range
 from pipeline.core.device import resolve_device
 from pipeline.core.directions import DIRECTIONS
+from pipeline.core.fileio import write_json
 from pipeline.data.domains import load_domain
 from pipeline.data.labels import NUM_CLASSES, VOID, colorize, decode_label_map
 from pipeline.data.manifest import LABEL_SUBSET, PHOTO_SUBSET, read_manifest
-from pipeline.judge.scoring import judge_confusions, load_judge
-from pipeline.scoring.evaluate import EvaluateConfig, decoded_confusions, save_confusions
-from pipeline.scoring.metrics import segmentation_scores
+from pipeline.judge.metrics import segmentation_scores
+from pipeline.judge.segment import judge_confusions, load_judge
+from pipeline.scoring.confusions import decoded_confusions, save_confusions
+
+
+@dataclass(frozen=True)
+class BoundsConfig:
+    """The keys of params section `evaluate` the floor and ceiling are scored with (as every run is)."""
+
+    batch_size: int = 16  # images per judge forward pass
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        check_range(self, "batch_size", ge=1)
 
 
 def mean_photo(split_dir: Path, size: int) -> np.ndarray:
@@ -53,7 +67,7 @@ def modal_label_map(split_dir: Path, size: int) -> np.ndarray:
     return colorize(modal.reshape(size, size))
 
 
-def compute_bounds(split_dir: str | os.PathLike, judge_checkpoint: str | os.PathLike, cfg: EvaluateConfig):
+def compute_bounds(split_dir: str | os.PathLike, judge_checkpoint: str | os.PathLike, cfg: BoundsConfig):
     """(scores and description as a dict, per-image matrices by name, val ids)."""
     split_dir = Path(split_dir)
     val = read_manifest(split_dir, subset="val")
@@ -100,11 +114,9 @@ def run_bounds(
     judge_checkpoint: str | os.PathLike,
     out_json: str | os.PathLike,
     confusion_npz: str | os.PathLike,
-    cfg: EvaluateConfig,
+    cfg: BoundsConfig,
 ) -> dict[str, Any]:
     """The bounds stage: compute, then write the matrices and the JSON."""
-    from pipeline.core.fileio import write_json
-
     result, matrices, ids = compute_bounds(split_dir, judge_checkpoint, cfg)
     save_confusions(confusion_npz, ids, matrices)
     write_json(out_json, result)

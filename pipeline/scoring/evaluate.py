@@ -3,39 +3,35 @@
 - labels -> photo (paper Table 4): the judge segments F(y) for every val label map y; its prediction
   is scored against y's class ids.
 - photo -> labels (paper Table 5): G(x) is decoded to class ids by nearest colour
-  (`pipeline.labels.decode_label_map`); a pixel decoded to void counts as wrong.
+  (`pipeline.data.labels.decode_label_map`); a pixel decoded to void counts as wrong.
 
 One confusion matrix per direction over all val images (void ground truth ignored), scored once by
-`pipeline.scoring.metrics`. FID compares translated with real val images (`pipeline.scoring.fid`;
+`pipeline.judge.metrics`. FID compares translated with real val images (`pipeline.scoring.fid`;
 null offline).
 """
 
 from __future__ import annotations
 
 import os
-import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
-from PIL import Image
 
 from pipeline.core.config import check_range
 from pipeline.core.device import resolve_device
 from pipeline.core.directions import DIRECTIONS
 from pipeline.core.errors import PipelineError
-from pipeline.core.fileio import atomic_file, write_json
-from pipeline.core.images import read_mask, read_rgb, resize_to
-from pipeline.core.progress import progress
-from pipeline.core.urls import redact_text
-from pipeline.cyclegan.checkpoint import load_checkpoint
-from pipeline.data.labels import CLASS_NAMES, NUM_CLASSES, decode_label_map
-from pipeline.data.manifest import image_id_key, read_manifest
-from pipeline.judge.scoring import Judge, judge_confusions, load_judge
+from pipeline.core.fileio import write_json
+from pipeline.core.recording import NOTHING, Recorder
+from pipeline.cyclegan.checkpoint import load_checkpoint, training_digest
+from pipeline.data.labels import CLASS_NAMES
+from pipeline.data.manifest import read_manifest
+from pipeline.judge.metrics import SCORES, segmentation_scores
+from pipeline.judge.segment import Judge, judge_confusions, load_judge
+from pipeline.scoring.confusions import decoded_confusions, save_confusions
 from pipeline.scoring.fid import FidConfig, FidResult, fid_between
-from pipeline.scoring.metrics import SCORES, confusion_matrix, segmentation_scores
 
 # The training settings a report names beside its scores (the rest is in the MLflow run).
 TRAINING_SUMMARY = (
@@ -58,8 +54,11 @@ class EvaluateConfig:
 
     batch_size: int = 16  # images per judge forward pass
     device: Literal["auto", "cpu", "cuda"] = "auto"  # the judge's device (FID has its own)
-    log_samples: int = 4  # translated val images per direction attached to the variant's MLflow run
+    log_samples: int = 4  # translated val images per direction shown in the run's record (MLflow)
     fid: FidConfig = field(default_factory=FidConfig)
+
+    # Recording only: no output of the stage depends on it, so it is not among its DVC params deps.
+    OUTPUT_NEUTRAL_KEYS: ClassVar[frozenset[str]] = frozenset({"log_samples"})
 
     def __post_init__(self) -> None:
         check_range(self, "batch_size", ge=1)
@@ -112,25 +111,6 @@ def val_images(split_dir: Path, translations_dir: Path) -> list[ValImage]:
     return images
 
 
-def decoded_confusions(
-    label_maps: Sequence[str | os.PathLike | np.ndarray], mask_paths: Sequence[str | os.PathLike]
-) -> np.ndarray:
-    """Per-image confusion matrices ``(N, 19, 20)`` of colour label maps (files or uint8 arrays), each
-    decoded to class ids by nearest colour and scored against its class-id mask (the FCN score of G)."""
-    out = np.zeros((len(label_maps), NUM_CLASSES, NUM_CLASSES + 1), dtype=np.int64)
-    pairs = zip(label_maps, mask_paths, strict=True)
-    for index, (label_map, mask) in enumerate(
-        progress(pairs, total=len(out), desc="photo2label", unit="img")
-    ):
-        gt = read_mask(mask)
-        rgb = label_map if isinstance(label_map, np.ndarray) else read_rgb(label_map)
-        # Nearest, not bilinear: blending two class colours would invent a third class.
-        out[index] = confusion_matrix(
-            gt, decode_label_map(resize_to(rgb, gt.shape, Image.Resampling.NEAREST))
-        )
-    return out
-
-
 def per_image_confusions(images: list[ValImage], judge: Judge, batch_size: int) -> dict[str, np.ndarray]:
     """Both directions' per-image matrices: the judge on F(y) (labels -> photo), decoded G(x) (photo ->
     labels)."""
@@ -141,14 +121,6 @@ def per_image_confusions(images: list[ValImage], judge: Judge, batch_size: int) 
         ),
         "photo2label": decoded_confusions([image.translated["photo2label"] for image in images], masks),
     }
-
-
-def save_confusions(
-    path: str | os.PathLike, image_ids: Sequence[str], confusions: dict[str, np.ndarray]
-) -> None:
-    """Per-image matrices (`per_image_confusions`) with their val ids, atomically, as one .npz."""
-    with atomic_file(path, "wb") as handle:
-        np.savez_compressed(handle, image_ids=np.asarray(image_ids, dtype=str), **confusions)
 
 
 def evaluate_variant(
@@ -193,25 +165,10 @@ def evaluate_variant(
     return metrics, confusions, [image.image_id for image in images]
 
 
-def log_to_run(
-    run_id: str, metrics: dict, metrics_json: Path, translations_dir: Path, n_samples: int, step: int | None
-) -> None:
-    """Log the scores, the metrics file, why FID is missing (a tag) and the first `n_samples` translated
-    val images per direction, as stepped images the UI shows side by side across runs."""
-    from pipeline.orchestration import tracking
-
-    tracking.log_metrics(run_id, tracking.eval_metrics(metrics), step=step)
-    tracking.log_artifacts(run_id, metrics_json, artifact_path="eval")
-    if metrics.get("fid_unavailable"):
-        tracking.set_tags(run_id, {"cyclegan.fid_unavailable": metrics["fid_unavailable"][:5000]})
-    for direction in DIRECTIONS:
-        files = sorted((translations_dir / direction).glob("*.png"), key=lambda p: image_id_key(p.stem))
-        for path in files[:n_samples]:
-            tracking.log_image(run_id, read_rgb(path), key=f"eval/{direction}/{path.stem}", step=step or 0)
-
-
 def training_record(state: dict) -> dict:
-    """What a metrics file says about the run it scores, from its training checkpoint."""
+    """What a metrics file says about the run it scores, from its training checkpoint: seed, steps,
+    protocol, the main settings, the machine, and the `training_digest` by which the recording layer
+    finds the run's MLflow run again."""
     train = state.get("config", {}).get("train", {})
     return {
         "seed": train.get("seed"),
@@ -219,6 +176,7 @@ def training_record(state: dict) -> dict:
         "protocol": state.get("data", {}).get("protocol"),
         "train": {key: train.get(key) for key in TRAINING_SUMMARY if key in train},
         "machine": state.get("machine", {}),
+        "training_digest": training_digest(state),
     }
 
 
@@ -231,45 +189,32 @@ def run_evaluation(
     cfg: EvaluateConfig,
     checkpoint: str | os.PathLike | None = None,
     confusion_npz: str | os.PathLike | None = None,
+    recorder: Recorder = NOTHING,
 ) -> dict:
-    """The evaluate stage: score, write `out_json` (and the per-image matrices to `confusion_npz`), log
-    to the variant's MLflow run.
+    """The evaluate stage: score, write `out_json` (and the per-image matrices to `confusion_npz`), then
+    hand both to `recorder`.
 
-    The run id comes from the variant's training `checkpoint`. Without one, or when the store cannot
-    be reached, a warning says so and the JSON is still written: tracking is a record, the file is
-    the stage's output.
+    `checkpoint`, the run's training checkpoint, says which training the scores belong to (its
+    `training_record`, in the JSON). The JSON holds only what the inputs decide, so the same
+    translations, judge and checkpoint give the same bytes.
     """
-    run_id, step, provenance = None, None, {}
+    provenance = {}
     if checkpoint is not None:
         state = load_checkpoint(checkpoint)
         if state.get("variant") not in (None, variant):
             raise PipelineError(
                 f"{checkpoint} holds variant {state['variant']!r}, not {variant!r}: check the stage's paths"
             )
-        run_id, step, provenance = state.get("mlflow_run_id"), state.get("step"), training_record(state)
+        provenance = training_record(state)
         del state
     metrics, confusions, image_ids = evaluate_variant(
         variant, translations_dir, split_dir, judge_checkpoint, cfg
     )
-    # Where the scores came from (seed, protocol, machine); the run id lets the report find the parent.
-    metrics.update(provenance)
-    metrics["mlflow_run_id"] = run_id
+    metrics.update(provenance)  # where the scores came from (seed, protocol, machine, training)
     out_json = Path(out_json)
     if confusion_npz is not None:
         save_confusions(confusion_npz, image_ids, confusions)
     write_json(out_json, metrics)
-    if run_id is None:
-        warnings.warn(
-            f"no MLflow run id for {variant} (checkpoint: {checkpoint}); scores only in {out_json}",
-            stacklevel=2,
-        )
-        return metrics
-    try:
-        log_to_run(run_id, metrics, out_json, Path(translations_dir), cfg.log_samples, step)
-    except Exception as exc:  # an unreachable store must not lose the scores
-        warnings.warn(
-            f"scores not logged to MLflow run {run_id} ({type(exc).__name__}: {redact_text(str(exc))}); "
-            f"they are in {out_json}",
-            stacklevel=2,
-        )
+    files = {"metrics": out_json, "translations": Path(translations_dir)}
+    recorder.evaluation(metrics, files, step=metrics.get("steps"))
     return metrics

@@ -6,17 +6,18 @@ from typing import Literal
 
 import pytest
 
-from pipeline.core.config import from_mapping, load_section, read_variants, to_flat_dict
+from pipeline.core.config import from_mapping, load_section, to_flat_dict
 from pipeline.core.errors import PipelineError
+from pipeline.core.study import read_variants
 from pipeline.cyclegan.config import TrainConfig
 from pipeline.cyclegan.losses import LossSwitches
+from pipeline.cyclegan.translate import TranslateConfig
 from pipeline.data.download import DataConfig
 from pipeline.data.split import SplitConfig
 from pipeline.judge.train import JudgeConfig
 from pipeline.report.build import ReportConfig
 from pipeline.scoring.evaluate import EvaluateConfig
 from pipeline.scoring.fid import FidConfig
-from pipeline.scoring.translate import TranslateConfig
 
 
 @dataclass

@@ -14,7 +14,7 @@ import pytest
 import requests
 from PIL import Image
 
-from pipeline.core.entry import RESTORE_ONLY_ENV, run_main
+from pipeline.core.entry import run_main
 from pipeline.core.errors import PipelineError
 from pipeline.cyclegan.losses import LossSwitches
 from tests.factories import (
@@ -75,14 +75,6 @@ def test_any_failure_is_one_line_without_a_traceback(main, expected, capsys, mon
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
     assert "Traceback" not in err and "s3cret" not in err and "token=abc" not in err
-
-
-def test_a_stage_asked_to_be_restored_only_refuses_to_run(capsys, monkeypatch):
-    # The fan-out's collect: DVC restores stages from the run cache; one it would run instead says so.
-    monkeypatch.setenv(RESTORE_ONLY_ENV, "not in the run cache: the collect only restores")
-    ran = []
-    assert run_main(lambda: ran.append(1) or 0) == 1
-    assert ran == [] and capsys.readouterr().err == "error: not in the run cache: the collect only restores\n"
 
 
 def test_ctrl_c_is_interrupted_130_and_debug_shows_the_traceback(capsys, monkeypatch):

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from pipeline.core.errors import PipelineError
-from pipeline.cyclegan.checkpoint import FORMAT, load_checkpoint, load_generators, save_checkpoint
+from pipeline.core.fileio import save_torch as save_checkpoint
+from pipeline.cyclegan.checkpoint import FORMAT, load_checkpoint, load_generators
 from pipeline.cyclegan.models import DiscriminatorConfig, GeneratorConfig, build_nets
 
 
@@ -16,7 +17,6 @@ def generator_checkpoint() -> tuple[dict, object]:
         "config": {"train": {"ngf": 4, "n_blocks": 1}, "switches": {"adversarial": False}},
         "nets": {name: net.state_dict() for name, net in nets.named().items()},
         "step": 7,
-        "mlflow_run_id": "abc",
     }
     return state, nets
 
@@ -62,7 +62,7 @@ def test_unsafe_missing_or_foreign_files_are_clear_errors(tmp_path):
     with pytest.raises(PipelineError, match="cannot load"):  # weights_only refuses arbitrary objects
         load_checkpoint(tmp_path / "pickled.pt")
     torch.save({"step": 1}, tmp_path / "other.pt")
-    with pytest.raises(PipelineError, match="not a format-1 training checkpoint"):
+    with pytest.raises(PipelineError, match="not a format-2 training checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
 
 
@@ -70,7 +70,7 @@ def test_load_generators_rebuilds_both_directions(tmp_path):
     state, nets = generator_checkpoint()
     save_checkpoint(tmp_path / "checkpoint.pt", state)
     loaded = load_generators(tmp_path / "checkpoint.pt")
-    assert loaded.variant == "cycle_only" and loaded.step == 7 and loaded.mlflow_run_id == "abc"
+    assert loaded.variant == "cycle_only" and loaded.step == 7
     assert loaded.config["switches"] == {"adversarial": False}
     assert not loaded.G.training and not loaded.F.training
     x = torch.rand(1, 3, 16, 16) * 2 - 1

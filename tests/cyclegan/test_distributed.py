@@ -7,13 +7,14 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from pipeline.core.config import PROJECT_ROOT
-from pipeline.cyclegan.checkpoint import load_checkpoint, load_generators
-from pipeline.cyclegan.loop import train_variant
+from pipeline.cyclegan.checkpoint import load_checkpoint, load_generators, training_digest
 from pipeline.cyclegan.losses import LossSwitches
+from pipeline.tracking.train import TrainRecorder
 from tests.factories import TINY_TRAIN as TINY
-from tests.factories import make_split, write_params
+from tests.factories import make_split, train_run, write_params
 
 LOSSES = (
     "loss_G",
@@ -57,9 +58,10 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
     split = make_split(tmp_path / "split")
     single_store = f"sqlite:///{tmp_path / 'single.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", single_store)
-    single = train_variant(split, tmp_path / "single", "cyclegan", LossSwitches(), CFG)
-
     params = write_params(tmp_path / "params.yaml", CFG, {"cyclegan": LossSwitches()})
+    recorder = TrainRecorder(yaml.safe_load(params.read_text()))
+    single = train_run(split, tmp_path / "single", "cyclegan", LossSwitches(), CFG, recorder=recorder)
+
     ddp_store = f"sqlite:///{tmp_path / 'ddp.db'}"
     env = {
         **os.environ,
@@ -96,14 +98,13 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
         load_checkpoint(tmp_path / "ddp" / "checkpoint.pt"),
         load_checkpoint(single.checkpoint),
     )
-    assert (
-        ddp_state["step"] == single_state["step"] == 5 and ddp_state["mlflow_run_id"] == runs[0].info.run_id
-    )
+    assert ddp_state["step"] == single_state["step"] == 5
+    assert runs[0].data.tags["cyclegan.training_digest"] == training_digest(ddp_state)
 
     # The same losses at every step (ranks average their shares when the losses are read back).
     ddp_losses, single_losses = (
         loss_history(ddp_store, runs[0].info.run_id),
-        loss_history(single_store, single.mlflow_run_id),
+        loss_history(single_store, recorder.run_id),
     )
     for name in LOSSES:
         assert len(ddp_losses[name]) == 5

@@ -10,15 +10,14 @@ from pipeline.core.device import seeded
 from pipeline.core.errors import PipelineError
 from pipeline.cyclegan.checkpoint import load_checkpoint
 from pipeline.cyclegan.config import TrainConfig
+from pipeline.cyclegan.curves import LossLog
 from pipeline.cyclegan.fast import FastSteps
-from pipeline.cyclegan.loop import train_variant
 from pipeline.cyclegan.losses import LossSwitches
 from pipeline.cyclegan.pool import ImagePool
-from pipeline.cyclegan.steps import LossLog, PlainSteps
-from pipeline.cyclegan.trainer import Trainer, build_trainer
+from pipeline.cyclegan.step import PlainSteps, Trainer, build_trainer
 from pipeline.data.domains import BatchDraw, UnpairedSampler, load_training_domains
 from tests.factories import TINY_TRAIN as TINY
-from tests.factories import make_split, poison_loss, run_child, weights, write_params
+from tests.factories import make_split, poison_loss, run_child, train_run, weights, write_params
 
 BASE = dataclasses.replace(TINY, batch_size=2, pool_size=3)  # pools fill within 2 steps, then swap
 
@@ -188,7 +187,7 @@ def test_fast_training_reads_losses_back_every_log_every_steps(split_dir, tmp_pa
 
     monkeypatch.setattr(LossLog, "read", counting_read)
     cfg = dataclasses.replace(BASE, fast=True, log_every=4, max_steps=12, checkpoint_every=100)
-    train_variant(split_dir, tmp_path / "m", "cyclegan", LossSwitches(), cfg, track=False)
+    train_run(split_dir, tmp_path / "m", "cyclegan", LossSwitches(), cfg)
     # 3 steps per epoch (6 photos, batch 2): read at log points (4, 8, 12) and epoch ends (3, 6, 9).
     assert reads == [[1, 2, 3], [4], [5, 6], [7, 8], [9], [10, 11, 12]]
 
@@ -199,7 +198,7 @@ def test_nan_on_the_fast_path_names_the_step_even_when_read_later(split_dir, tmp
     with pytest.raises(
         PipelineError, match=r"loss_cycle_backward is inf at step 2 \(found when reading .* after step 3"
     ):
-        train_variant(split_dir, tmp_path / "m", "cyclegan", LossSwitches(), cfg, track=False)
+        train_run(split_dir, tmp_path / "m", "cyclegan", LossSwitches(), cfg)
 
 
 def test_fast_resume_after_sigkill_is_bit_identical(split_dir, tmp_path):
@@ -222,11 +221,11 @@ def test_fast_resume_after_sigkill_is_bit_identical(split_dir, tmp_path):
 
 def test_a_plain_checkpoint_resumes_on_the_fast_path_identically(split_dir, tmp_path):
     target = dataclasses.replace(BASE, max_steps=8, checkpoint_every=4)
-    train_variant(split_dir, tmp_path / "plain", "cyclegan", LossSwitches(), target, track=False)
+    train_run(split_dir, tmp_path / "plain", "cyclegan", LossSwitches(), target)
     first = dataclasses.replace(target, max_steps=4)
-    train_variant(split_dir, tmp_path / "mixed", "cyclegan", LossSwitches(), first, track=False)
+    train_run(split_dir, tmp_path / "mixed", "cyclegan", LossSwitches(), first)
     fast = dataclasses.replace(target, fast=True)  # operational: the checkpoint is resumed, not discarded
-    result = train_variant(split_dir, tmp_path / "mixed", "cyclegan", LossSwitches(), fast, track=False)
+    result = train_run(split_dir, tmp_path / "mixed", "cyclegan", LossSwitches(), fast)
     assert result.resumed and result.step == 8
     a, b = weights(tmp_path / "plain" / "checkpoint.pt"), weights(tmp_path / "mixed" / "checkpoint.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -234,7 +233,7 @@ def test_a_plain_checkpoint_resumes_on_the_fast_path_identically(split_dir, tmp_
 
 def test_resumed_adam_state_takes_the_parameters_layout(split_dir, tmp_path):
     plain = dataclasses.replace(BASE, max_steps=2)
-    train_variant(split_dir, tmp_path / "m", "cyclegan", LossSwitches(), plain, track=False)
+    train_run(split_dir, tmp_path / "m", "cyclegan", LossSwitches(), plain)
     fast = dataclasses.replace(plain, fast=True, channels_last=True)
     trainer = build_trainer(LossSwitches(), fast, torch.device("cpu"))
     trainer.load_state_dict(load_checkpoint(tmp_path / "m" / "checkpoint.pt"))

@@ -3,18 +3,19 @@ import itertools
 import json
 import signal
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from pipeline.core.checkpoints import differences
 from pipeline.core.config import from_mapping
 from pipeline.core.errors import PipelineError
 from pipeline.cyclegan.checkpoint import load_checkpoint
 from pipeline.cyclegan.config import TrainConfig, lr_factor
-from pipeline.cyclegan.loop import train_variant
+from pipeline.cyclegan.loop import run_fingerprint
 from pipeline.cyclegan.losses import LossSwitches
-from pipeline.cyclegan.resume import config_differences
 from pipeline.data.domains import UnpairedSampler, load_domain, load_training_domains
 from pipeline.data.labels import colorize
 from stages.train import main as train_main
@@ -26,6 +27,7 @@ from tests.factories import (
     run_file_size_limited,
     run_killed_in_save,
     run_script,
+    train_run,
     weights,
     write_params,
 )
@@ -107,7 +109,7 @@ def test_sampler_state_resumes_mid_epoch(split_dir):
 def test_train_writes_checkpoint_and_plots_then_skips_when_finished(split_dir, tmp_path, capsys):
     cfg = dataclasses.replace(TINY, max_steps=8)
     plots = tmp_path / "plots" / "cyclegan.csv"
-    result = train_variant(split_dir, tmp_path / "m", "cyclegan", LossSwitches(), cfg, metrics_path=plots)
+    result = train_run(split_dir, tmp_path / "m", "cyclegan", LossSwitches(), cfg, curves=plots)
     assert result.step == 8 and not result.resumed
     state = load_checkpoint(tmp_path / "m" / "checkpoint.pt")
     assert state["finished"] and state["step"] == 8 and state["variant"] == "cyclegan"
@@ -121,8 +123,8 @@ def test_train_writes_checkpoint_and_plots_then_skips_when_finished(split_dir, t
     )
     plots.unlink()  # DVC deletes non-persistent outputs before rerunning a stage
 
-    again = train_variant(split_dir, tmp_path / "m", "cyclegan", LossSwitches(), cfg, metrics_path=plots)
-    assert again.skipped and again.mlflow_run_id == result.mlflow_run_id
+    again = train_run(split_dir, tmp_path / "m", "cyclegan", LossSwitches(), cfg, curves=plots)
+    assert again.skipped
     assert "already trained" in capsys.readouterr().err
     assert pd.read_csv(plots).equals(table)
 
@@ -131,7 +133,7 @@ def test_cycle_only_has_no_discriminators_anywhere(split_dir, tmp_path):
     switches = LossSwitches(adversarial=False)
     plots = tmp_path / "c.csv"
     cfg = dataclasses.replace(TINY, max_steps=3)
-    train_variant(split_dir, tmp_path / "m", "cycle_only", switches, cfg, metrics_path=plots)
+    train_run(split_dir, tmp_path / "m", "cycle_only", switches, cfg, curves=plots)
     state = load_checkpoint(tmp_path / "m" / "checkpoint.pt")
     assert set(state["nets"]) == {"G", "F"} and set(state["optimizers"]) == {"G"} and state["pools"] == {}
     assert not [c for c in pd.read_csv(plots).columns if "D_" in c or "adv" in c]
@@ -139,33 +141,29 @@ def test_cycle_only_has_no_discriminators_anywhere(split_dir, tmp_path):
 
 def test_changed_settings_start_over_and_say_why(split_dir, tmp_path, capsys):
     out = tmp_path / "m"
-    train_variant(split_dir, out, "cyclegan", LossSwitches(), dataclasses.replace(TINY, max_steps=3))
+    train_run(split_dir, out, "cyclegan", LossSwitches(), dataclasses.replace(TINY, max_steps=3))
     changed = dataclasses.replace(TINY, max_steps=2, lr=1e-4)
-    result = train_variant(split_dir, out, "cyclegan", LossSwitches(), changed)
+    result = train_run(split_dir, out, "cyclegan", LossSwitches(), changed)
     err = capsys.readouterr().err
     assert "starting over" in err and "train.lr: checkpoint 0.0002, now 0.0001" in err
     assert not result.resumed and result.step == 2
 
 
-def test_operational_keys_do_not_invalidate_a_checkpoint(split_dir, tmp_path):
-    state = {
-        "config": {"train": dataclasses.asdict(TINY), "switches": dataclasses.asdict(LossSwitches())},
-        "variant": "cyclegan",
-        "data": {"train_sha256": "abc"},
-    }
-    data = {"train_sha256": "abc"}
-    same = dataclasses.replace(TINY, max_steps=99, log_every=1, checkpoint_every=3, device="auto")
-    assert config_differences(state, "cyclegan", same, LossSwitches(), data) == []
-    diffs = config_differences(
-        state, "cyclegan", TINY, LossSwitches(cycle_backward=False), {"train_sha256": "x"}
+def test_keys_of_how_a_run_is_carried_out_do_not_invalidate_a_checkpoint():
+    data = {"train_sha256": "abc", "protocol": "disjoint"}
+    stored = run_fingerprint("cyclegan", TINY, LossSwitches(), data)
+    same = dataclasses.replace(TINY, max_steps=99, log_every=1, checkpoint_every=3, device="auto", fast=True)
+    assert differences(stored, run_fingerprint("cyclegan", same, LossSwitches(), data)) == []
+    diffs = differences(
+        stored, run_fingerprint("cyclegan", TINY, LossSwitches(cycle_backward=False), {"train_sha256": "x"})
     )
-    assert [d.split(":")[0] for d in diffs] == ["data.train_sha256", "variant.cycle_backward"]
+    assert [d.split(":")[0] for d in diffs] == ["data.train_sha256", "switches.cycle_backward"]
 
 
 def test_nan_loss_stops_naming_step_and_term(split_dir, tmp_path, monkeypatch):
     poison_loss(monkeypatch, "loss_cycle_forward", 3, float("nan"))
     with pytest.raises(PipelineError, match=r"loss_cycle_forward is nan at step 3"):
-        train_variant(
+        train_run(
             split_dir, tmp_path / "m", "cyclegan", LossSwitches(), dataclasses.replace(TINY, max_steps=5)
         )
 
@@ -174,11 +172,11 @@ def test_nan_loss_stops_naming_step_and_term(split_dir, tmp_path, monkeypatch):
 
 
 def assert_same_checkpoint(a: object, b: object, where: str = "checkpoint") -> None:
-    """Every entry equal, tensors bit for bit (the MLflow run id aside: each run has its own)."""
+    """Every entry equal, tensors bit for bit (the recorder's state aside: each run has its own)."""
     if isinstance(a, dict) and isinstance(b, dict):
         assert a.keys() == b.keys(), where
         for key in a:
-            if key != "mlflow_run_id":
+            if key != "recorder":
                 assert_same_checkpoint(a[key], b[key], f"{where}[{key!r}]")
     elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         assert len(a) == len(b), where
@@ -228,7 +226,11 @@ def test_resume_after_sigkill_is_bit_identical(split_dir, tmp_path):
     assert_same_checkpoint(
         load_checkpoint(killed / "checkpoint.pt"), load_checkpoint(straight / "checkpoint.pt")
     )
-    assert load_checkpoint(killed / "checkpoint.pt")["mlflow_run_id"] == state["mlflow_run_id"]
+    # The unfinished checkpoint held the run's MLflow run (its recorder's state), which the resumed stage
+    # continued and ended; the finished checkpoint, a DVC output, holds no trace of the record.
+    run_id = state["recorder"]["mlflow_run_id"]
+    assert "recorder" not in load_checkpoint(killed / "checkpoint.pt")
+    assert mlflow.MlflowClient().get_run(run_id).info.status == "FINISHED"
 
 
 def test_a_resume_folder_outside_the_output_survives_dvc_removing_it(split_dir, tmp_path):
@@ -345,20 +347,21 @@ def test_params_are_refused_before_any_data_or_tracking(tmp_path, capsys, monkey
 def test_checkpoint_records_the_resolved_config(split_dir, tmp_path):
     gan_only = LossSwitches(cycle_forward=False, cycle_backward=False)
     cfg = dataclasses.replace(TINY, max_steps=1)
-    train_variant(split_dir, tmp_path / "m", "gan_only", gan_only, cfg)
+    train_run(split_dir, tmp_path / "m", "gan_only", gan_only, cfg)
     state = load_checkpoint(tmp_path / "m" / "checkpoint.pt")
-    assert TrainConfig(**state["config"]["train"]) == cfg
+    assert state["config"]["train"] == cfg.stored()  # all but how the run is recorded and checkpointed
+    assert "experiment" not in state["config"]["train"] and "checkpoint_every" not in state["config"]["train"]
     assert LossSwitches(**state["config"]["switches"]) == gan_only
     assert json.dumps(state["data"])  # plain strings / None
 
 
 def test_bf16_autocast_step_runs_with_pools_and_mixed_dtypes(split_dir, monkeypatch):
     # CUDA is not needed to exercise the autocast code path: the same ops run under CPU bf16 autocast.
-    from pipeline.cyclegan.trainer import Trainer, build_trainer
+    from pipeline.cyclegan.step import Trainer, build_trainer
 
     monkeypatch.setattr(Trainer, "autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
     trainer = build_trainer(
-        LossSwitches(identity=0.5), dataclasses.replace(TINY, pool_size=2), torch.device("cpu")
+        LossSwitches(lambda_identity=0.5), dataclasses.replace(TINY, pool_size=2), torch.device("cpu")
     )
     sampler = UnpairedSampler(load_training_domains(split_dir, 28), 24, 2, torch.Generator().manual_seed(0))
     for _ in range(3):

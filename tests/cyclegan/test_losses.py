@@ -90,12 +90,16 @@ def test_each_variant_computes_exactly_its_terms(variant):
 def test_identity_terms_only_when_weighted():
     nets = tiny_nets()
     losses, fakes = generator_losses(
-        nets, images(0), images(1), LossSwitches(identity=0.5), lambda_cycle=10.0
+        nets, images(0), images(1), LossSwitches(lambda_identity=0.5), lambda_cycle=10.0
     )
     assert {"loss_idt_G", "loss_idt_F"} <= set(losses)
-    expected = 10.0 * 0.5 * (fakes["idt_B"] - images(1)).abs().mean()
+    # The reference's names: idt_A = G_A(real_B) = G(y), idt_B = G_B(real_A) = F(x).
+    assert torch.equal(fakes["idt_A"], nets.G(images(1))) and torch.equal(fakes["idt_B"], nets.F(images(0)))
+    expected = 10.0 * 0.5 * (fakes["idt_A"] - images(1)).abs().mean()
     assert torch.allclose(losses["loss_idt_G"], expected)
-    losses, _ = generator_losses(nets, images(0), images(1), LossSwitches(identity=0.0), lambda_cycle=10.0)
+    losses, _ = generator_losses(
+        nets, images(0), images(1), LossSwitches(lambda_identity=0.0), lambda_cycle=10.0
+    )
     assert not {k for k in losses if "idt" in k}
 
 
@@ -143,15 +147,15 @@ def test_switches_validate():
     with pytest.raises(ValueError, match="every loss term is off"):
         LossSwitches(adversarial=False, cycle_forward=False, cycle_backward=False)
     with pytest.raises(ValueError):
-        LossSwitches(identity=-1)
-    LossSwitches(adversarial=False, cycle_forward=False, cycle_backward=False, identity=0.5)
+        LossSwitches(lambda_identity=-1)
+    LossSwitches(adversarial=False, cycle_forward=False, cycle_backward=False, lambda_identity=0.5)
 
 
 def test_switches_load_from_params_mapping():
     from pipeline.core.config import from_mapping
 
-    switches = from_mapping(LossSwitches, {"adversarial": False, "identity": 0}, "variants.x")
-    assert switches == LossSwitches(adversarial=False, identity=0.0)
+    switches = from_mapping(LossSwitches, {"adversarial": False, "lambda_identity": 0}, "variants.x")
+    assert switches == LossSwitches(adversarial=False, lambda_identity=0.0)
     with pytest.raises(PipelineError, match=r"variants\.x\.cycle"):
         from_mapping(LossSwitches, {"cycle": True}, "variants.x")
 

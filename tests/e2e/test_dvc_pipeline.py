@@ -17,7 +17,7 @@ import mlflow
 import pytest
 import yaml
 
-from pipeline.orchestration.overrides import apply_params_overrides
+from pipeline.core.overrides import apply_params_overrides
 from tests.factories import N_TRAIN, N_VAL, TINY_OVERRIDES, copy_project, make_archive, make_pix2pix_tree
 
 pytestmark = pytest.mark.e2e

@@ -53,7 +53,7 @@ def test_deployment_run_completes_and_leaves_dvc_clean(ablation_run, project, en
     assert parent.data.tags.get("mlflow.source.git.commit")
     children = {child.data.tags["cyclegan.variant"]: child for child in child_runs(store_uri, parent)}
     assert sorted(children) == sorted(VARIANTS)
-    assert {child.info.run_name for child in children.values()} == {f"{v}-seed0" for v in VARIANTS}
+    assert {child.info.run_name for child in children.values()} == {f"{v}-0" for v in VARIANTS}
     for name, child in children.items():
         assert set(child.data.metrics) >= FCN_METRICS, f"{name}: {sorted(child.data.metrics)}"
     # The compare view lines metrics up by name: every eval metric is shared. Training losses differ by

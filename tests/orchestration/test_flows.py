@@ -20,10 +20,10 @@ import yaml
 from prefect import flow
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.overrides import BACKUP_NAME, apply_params_overrides, normalize_overrides
 from pipeline.orchestration import tasks
-from pipeline.orchestration.dvc import StageFailed, dvc_command
+from pipeline.orchestration.dvc_runner import StageFailed, dvc_command
 from pipeline.orchestration.flows import run_ablation, select_runs
-from pipeline.orchestration.overrides import BACKUP_NAME, apply_params_overrides, normalize_overrides
 from pipeline.orchestration.tasks import ensure_concurrency_limit, stage_task, visible_gpus
 from tests.orchestration.fakes import PARAMS, RecordingDvc, parent_run
 
@@ -174,7 +174,8 @@ def test_flow_runs_stages_in_order_and_records_the_parent(project, prefect_api, 
     assert parent.info.run_id == parent_id and parent.info.status == "FINISHED"
     assert parent.data.tags["cyclegan.overrides"] == '["train.max_steps=2", "~variants.b"]'
     assert parent.data.tags["cyclegan.variants"] == "a,c"
-    assert parent.info.run_name == f"ablation-{state.state_details.flow_run_id}"
+    # One name format for every parent: ablation-<key>, the key being the start of the flow run's id.
+    assert parent.info.run_name == f"ablation-{str(state.state_details.flow_run_id)[:8]}"
     assert parent.data.tags["dvc.data_hash"] == "abc.dir"
     assert parent.data.tags["cyclegan.role"] == "ablation"
 
@@ -306,12 +307,12 @@ def test_project_dir_is_the_served_project_unless_allowed(
 
 
 def test_the_flow_ends_runs_whose_process_died(project, prefect_api, mlflow_store, recorder):
-    from pipeline.orchestration import liveness, tracking
+    from pipeline.tracking import liveness, runs, store
 
-    ghost = tracking.start_run("flow-tests", "killed-stage", None, {}, {liveness.PID_TAG: "999999999"})
+    ghost = runs.start_run("flow-tests", "killed-stage", None, {}, {liveness.PID_TAG: "999999999"})
     state = ablation_with_recorder(["a"], None, str(project), return_state=True)
     assert state.is_completed(), state.message
-    assert tracking.client().get_run(ghost).info.status == "KILLED"
+    assert store.client().get_run(ghost).info.status == "KILLED"
 
 
 def test_gpu_limit_is_created_once_and_then_left_to_the_team(prefect_api):

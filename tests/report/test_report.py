@@ -11,11 +11,14 @@ import pytest
 from PIL import Image
 
 from pipeline.core.errors import PipelineError
+from pipeline.judge.metrics import segmentation_scores
 from pipeline.report import figures
 from pipeline.report.build import build_report
 from pipeline.report.paper import PAPER_SCORES
 from pipeline.report.results import load_inputs, summarize
-from pipeline.scoring.metrics import segmentation_scores
+from pipeline.tracking import parent as parents
+from pipeline.tracking import runs
+from pipeline.tracking.report import ReportRecorder
 from stages import report as report_stage
 from tests.factories import confusions_with_accuracy, make_report_inputs
 
@@ -45,7 +48,7 @@ def inputs(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def built(inputs, tmp_path_factory):
     """The one-seed report built once with its real plots; tests below only read it."""
-    return _build(inputs, tmp_path_factory.mktemp("built") / "reports", track=False)
+    return _build(inputs, tmp_path_factory.mktemp("built") / "reports")
 
 
 @pytest.fixture
@@ -76,7 +79,7 @@ def test_point_values_are_the_evaluate_stages_scores(built, inputs):
 
 
 def test_two_seeds_give_values_mean_std_and_a_t_interval(inputs, fast_plots, tmp_path):
-    paths = _build(inputs, tmp_path / "reports", seeds=(0, 1), track=False)
+    paths = _build(inputs, tmp_path / "reports", seeds=(0, 1))
     entry = json.loads(paths.json.read_text())["variants"]["gan_only"]["fcn/label2photo/pixel_acc"]
     a, b = entry["values"]
     written = [json.loads((inputs["metrics"] / f"gan_only-{s}.json").read_text()) for s in (0, 1)]
@@ -93,7 +96,7 @@ def test_two_seeds_give_values_mean_std_and_a_t_interval(inputs, fast_plots, tmp
 
 def test_the_report_reads_exactly_the_variants_and_seeds_it_is_given(inputs, fast_plots, tmp_path):
     # cycle_only's files are still on disk (a variant removed from params.yaml): never read.
-    paths = _build(inputs, tmp_path / "reports", variants=("gan_only", "cyclegan"), track=False)
+    paths = _build(inputs, tmp_path / "reports", variants=("gan_only", "cyclegan"))
     document = json.loads(paths.json.read_text())
     assert list(document["variants"]) == ["gan_only", "cyclegan"]
     assert list(document["pairwise"]) == ["gan_only"]
@@ -158,14 +161,14 @@ def test_an_identical_variant_differs_by_exactly_zero(tmp_path, fast_plots):
     assert diff["difference"] == 0 and diff["bootstrap_ci95"] == [0, 0] and not diff["excludes_zero"]
 
 
-def test_the_bootstrap_of_500_images_takes_seconds_and_repeats(tmp_path):
+def test_the_bootstrap_of_500_images_repeats_from_its_seed(tmp_path):
     inputs = make_report_inputs(tmp_path, QUALITY, seeds=[0], n_images=500)
     loaded = load_inputs(list(QUALITY), [0], inputs["metrics"], inputs["confusion"], inputs["bounds"])
     start = time.perf_counter()
     first = summarize(loaded, 1000, 7)
     seconds = time.perf_counter() - start
+    # A figure, not a test of speed (this machine's load is not the code's): seen here at about 0.3 s.
     print(f"val-image bootstrap: 1000 resamples of 500 images, {len(QUALITY)} variants, {seconds:.2f} s")
-    assert seconds < 30
     again = summarize(loaded, 1000, 7)
     other = summarize(loaded, 1000, 8)
     key = ("gan_only", "fcn/label2photo/class_iou")
@@ -221,10 +224,10 @@ def test_missing_files_are_clear_errors(inputs, tmp_path):
 def test_rebuilding_replaces_the_report_atomically(inputs, fast_plots, tmp_path):
     out = tmp_path / "reports"
     (tmp_path / ".reports-staging-k1lled-old-x" / "plots").mkdir(parents=True)  # a killed run's
-    _build(inputs, out, track=False)
+    _build(inputs, out)
     (out / "plots" / "stale.png").write_text("old")
     (out / ".gitignore").write_text("/plots\n")  # DVC's: not the report's to delete
-    _build(inputs, out, track=False)
+    _build(inputs, out)
     assert not (out / "plots" / "stale.png").exists()
     assert (out / ".gitignore").read_text() == "/plots\n"
     assert [p.name for p in tmp_path.iterdir()] == ["reports"]  # no staging folder left behind
@@ -247,32 +250,44 @@ def store(monkeypatch, tmp_path):
     return mlflow.MlflowClient(uri)
 
 
-def test_the_launch_parent_shows_every_run_even_when_training_was_reused(tmp_path, fast_plots, store):
-    from pipeline.orchestration import tracking
+class LaunchRecorder(ReportRecorder):
+    """The report recorder with its launch's parent given (a plain launch owns it; a flow's does not)."""
 
+    def __init__(self, parent: str, owned: bool = True):
+        super().__init__({"variants": {v: {} for v in QUALITY}, "seeds": [0]}, "no-split")
+        self.parent, self.owned = parent, owned
+
+    def launch_parent(self) -> tuple[str, bool]:
+        return self.parent, self.owned
+
+
+def test_the_launch_parent_shows_every_run_even_when_training_was_reused(tmp_path, fast_plots, store):
     inputs = make_report_inputs(tmp_path / "in", QUALITY, seeds=[0])
-    # The runs were trained under an earlier launch's parent...
-    earlier = tracking.open_parent("report-test", "earlier launch", "ablation-earlier")
+    # The runs were trained under an earlier launch's parent, each tagged with what it trained...
+    earlier = parents.open_parent("report-test", "earlier launch")
     for variant in QUALITY:
-        run_id = tracking.start_run(
+        digest = f"digest-of-{variant}"
+        runs.start_run(
             "report-test",
-            f"{variant}-seed0",
+            f"{variant}-0",
             earlier,
             {"train.lr": 2e-4},
-            {"cyclegan.variant": variant, "cyclegan.seed": "0"},
+            {"cyclegan.variant": variant, "cyclegan.seed": "0", runs.DIGEST_TAG: digest},
         )
         path = inputs["metrics"] / f"{variant}-0.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), "mlflow_run_id": run_id}))
+        path.write_text(json.dumps({**json.loads(path.read_text()), "training_digest": digest}))
     # ...and this launch (cycle_only removed) reuses two of them.
-    launch = lambda: tracking.open_parent("report-test", "this launch", "ablation-now")  # noqa: E731
+    launch = parents.open_parent("report-test", "this launch")
     for _ in range(2):  # a rebuilt report adds nothing twice
-        paths = _build(inputs, tmp_path / "reports", variants=("gan_only", "cyclegan"), open_parent=launch)
-    parent = store.get_run(paths.mlflow_parent_run_id)
-    assert parent.info.status == "FINISHED" and parent.info.run_name == "ablation-now"
+        _build(
+            inputs, tmp_path / "reports", variants=("gan_only", "cyclegan"), recorder=LaunchRecorder(launch)
+        )
+    parent = store.get_run(launch)
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "ablation-this launch"
     children = store.search_runs(
         [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     )
-    assert sorted(c.info.run_name for c in children) == ["cyclegan-seed0", "gan_only-seed0"]
+    assert sorted(c.info.run_name for c in children) == ["cyclegan-0", "gan_only-0"]
     for child in children:
         assert child.data.tags["cyclegan.trained_in"] in {
             r.info.run_id for r in store.search_runs([parent.info.experiment_id])
@@ -286,24 +301,22 @@ def test_the_launch_parent_shows_every_run_even_when_training_was_reused(tmp_pat
 
 
 def test_the_flows_parent_is_used_and_left_to_the_flow_to_end(tmp_path, fast_plots, store, monkeypatch):
-    from pipeline.orchestration import tracking
-
     inputs = make_report_inputs(tmp_path / "in", QUALITY, seeds=[0])
-    parent = tracking.open_parent("report-test", "flow launch", "ablation-flow")
+    parent = parents.open_parent("report-test", "flow launch")
     monkeypatch.setenv("CYCLEGAN_PARENT_RUN_ID", parent)
-    paths = _build(inputs, tmp_path / "reports", open_parent=lambda: pytest.fail("the flow's parent is used"))
-    assert paths.mlflow_parent_run_id == parent and store.get_run(parent).info.status == "RUNNING"
+    recorder = ReportRecorder({"variants": {v: {} for v in QUALITY}, "seeds": [0]}, "no-split")
+    _build(inputs, tmp_path / "reports", recorder=recorder)
+    assert recorder.parent_id == parent and store.get_run(parent).info.status == "RUNNING"
 
 
 def test_an_unreachable_store_only_warns(inputs, fast_plots, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.delenv("CYCLEGAN_PARENT_RUN_ID", raising=False)
-    from pipeline.orchestration import tracking
-
+    monkeypatch.setenv("CYCLEGAN_PARENT_RUN_ID", "flow-parent")
+    recorder = ReportRecorder({"variants": {v: {} for v in QUALITY}, "seeds": [0]}, "no-split")
     with pytest.warns(UserWarning, match="report not recorded in MLflow"):
-        paths = _build(inputs, tmp_path / "reports", open_parent=lambda: tracking.open_parent("x", "k", "n"))
-    assert paths.mlflow_parent_run_id is None and paths.json.is_file()
+        paths = _build(inputs, tmp_path / "reports", recorder=recorder)
+    assert recorder.parent_id is None and paths.json.is_file()
 
 
 def test_paper_numbers_are_complete():

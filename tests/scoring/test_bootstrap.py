@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from pipeline.judge.metrics import segmentation_scores
 from pipeline.scoring.bootstrap import (
     batch_scores,
     percentile_interval,
@@ -9,7 +10,6 @@ from pipeline.scoring.bootstrap import (
     resampled_scores,
     seed_summary,
 )
-from pipeline.scoring.metrics import segmentation_scores
 from tests.factories import confusions_with_accuracy
 
 

@@ -7,12 +7,14 @@ import torch
 from PIL import Image
 
 from pipeline.core.errors import PipelineError
+from pipeline.cyclegan.checkpoint import load_checkpoint, training_digest
 from pipeline.data.labels import CLASS_NAMES, colorize, decode_label_map
-from pipeline.orchestration import tracking
-from pipeline.orchestration.tracking import eval_metrics as tracked_metrics
 from pipeline.scoring import evaluate as evaluate_module
 from pipeline.scoring.evaluate import EvaluateConfig, evaluate_variant, run_evaluation
 from pipeline.scoring.fid import FidResult
+from pipeline.tracking import runs
+from pipeline.tracking.evaluate import EvaluateRecorder
+from pipeline.tracking.evaluate import eval_metrics as tracked_metrics
 from stages import evaluate as evaluate_stage
 from tests.factories import make_checkpoint, make_val_split, tiny_judge_checkpoint
 
@@ -170,40 +172,52 @@ def test_the_real_judge_scores_translated_photos(split_dir, tmp_path):
 
 @pytest.fixture
 def logged(monkeypatch):
-    calls = {"metrics": [], "artifacts": [], "images": [], "tags": []}
+    """The MLflow calls of the evaluate recorder, caught; its training run is "run42"."""
+    calls = {"metrics": [], "artifacts": [], "images": [], "tags": [], "found": []}
+
+    def find(experiment, digest):
+        calls["found"].append((experiment, digest))
+        return "run42"
+
+    monkeypatch.setattr(runs, "find_training_run", find)
     monkeypatch.setattr(
-        tracking,
+        runs,
         "log_image",
         lambda run_id, image, key, step: calls["images"].append((run_id, key, step, image.shape)),
     )
-    monkeypatch.setattr(tracking, "set_tags", lambda run_id, tags: calls["tags"].append((run_id, tags)))
+    monkeypatch.setattr(runs, "set_tags", lambda run_id, tags: calls["tags"].append((run_id, tags)))
     monkeypatch.setattr(
-        tracking,
+        runs,
         "log_metrics",
         lambda run_id, metrics, step=None: calls["metrics"].append((run_id, metrics, step)),
     )
 
     def log_artifacts(run_id, path, artifact_path=None):
-        path = Path(path)
-        files = (
-            sorted(str(p.relative_to(path)) for p in path.rglob("*.png")) if path.is_dir() else [path.name]
-        )
-        calls["artifacts"].append((run_id, artifact_path, files))
+        calls["artifacts"].append((run_id, artifact_path, [Path(path).name]))
 
-    monkeypatch.setattr(tracking, "log_artifacts", log_artifacts)
+    monkeypatch.setattr(runs, "log_artifacts", log_artifacts)
     return calls
 
 
-def test_run_evaluation_writes_json_and_logs_to_the_variant_run(split_dir, tmp_path, colour_judge, logged):
+def test_run_evaluation_writes_json_then_the_recorder_logs_into_the_training_run(
+    split_dir, tmp_path, colour_judge, logged
+):
     translations = write_translations(tmp_path / "translations", split_dir, colorize, colorize)
-    checkpoint = make_checkpoint(tmp_path / "checkpoint.pt", run_id="run42")
+    checkpoint = make_checkpoint(tmp_path / "checkpoint.pt")
     out = tmp_path / "metrics" / "cyclegan.json"
-    cfg = EvaluateConfig(batch_size=2, device="cpu", log_samples=2)
-    run_evaluation("cyclegan", translations, split_dir, "judge.pt", out, cfg, checkpoint=checkpoint)
+    cfg = EvaluateConfig(batch_size=2, device="cpu")
+    recorder = EvaluateRecorder("test-eval", log_samples=2)
+    run_evaluation(
+        "cyclegan", translations, split_dir, "judge.pt", out, cfg, checkpoint=checkpoint, recorder=recorder
+    )
     written = json.loads(out.read_text())
     assert written["fcn/photo2label/pixel_acc"] == pytest.approx(1.0)
     assert written["fid/label2photo"] is None and "offline" in written["fid_unavailable"]
-    assert written["mlflow_run_id"] == "run42"
+    # The training is named by what it trained, never by a run id: the file holds only what inputs decide.
+    assert "mlflow_run_id" not in written and written["training_digest"] == training_digest(
+        load_checkpoint(checkpoint)
+    )
+    assert logged["found"] == [("test-eval", written["training_digest"])]
     [(run_id, metrics, step)] = logged["metrics"]
     assert run_id == "run42" and step == 7
     assert {m for m in metrics if "/iou/" not in m} == {
@@ -223,19 +237,31 @@ def test_run_evaluation_writes_json_and_logs_to_the_variant_run(split_dir, tmp_p
     assert [p.name for p in out.parent.iterdir()] == ["cyclegan.json"]  # no temp file left
 
 
-def test_without_run_id_or_store_the_json_is_still_written(split_dir, tmp_path, colour_judge, monkeypatch):
+def test_without_a_training_run_or_store_the_json_is_still_written(
+    split_dir, tmp_path, colour_judge, monkeypatch, private_tracking_store
+):
     translations = write_translations(tmp_path / "translations", split_dir, colorize, colorize)
     out = tmp_path / "cyclegan.json"
-    no_run = make_checkpoint(tmp_path / "a.pt", run_id=None)
-    with pytest.warns(UserWarning, match="no MLflow run id"):
-        run_evaluation("cyclegan", translations, split_dir, "judge.pt", out, CFG, checkpoint=no_run)
+    checkpoint = make_checkpoint(tmp_path / "a.pt")
+    recorder = EvaluateRecorder("test-eval-none")
+    with pytest.warns(UserWarning, match="no MLflow run trained these weights"):
+        run_evaluation(
+            "cyclegan",
+            translations,
+            split_dir,
+            "judge.pt",
+            out,
+            CFG,
+            checkpoint=checkpoint,
+            recorder=recorder,
+        )
     assert out.is_file()
     out.unlink()
 
     def unreachable(*args, **kwargs):
         raise ConnectionError("store unreachable")
 
-    monkeypatch.setattr(tracking, "log_metrics", unreachable)
+    monkeypatch.setattr(runs, "find_training_run", unreachable)
     with pytest.warns(UserWarning, match="store unreachable"):
         run_evaluation(
             "cyclegan",
@@ -244,7 +270,8 @@ def test_without_run_id_or_store_the_json_is_still_written(split_dir, tmp_path, 
             "judge.pt",
             out,
             CFG,
-            checkpoint=make_checkpoint(tmp_path / "b.pt", run_id="run1"),
+            checkpoint=checkpoint,
+            recorder=recorder,
         )
     assert json.loads(out.read_text())["variant"] == "cyclegan"
 
@@ -276,8 +303,7 @@ def test_stage_runs_from_params(split_dir, tmp_path, colour_judge, capsys):
         "--out",
         str(out),
     ]
-    with pytest.warns(UserWarning, match="no MLflow run id"):
-        assert evaluate_stage.main(argv) == 0
+    assert evaluate_stage.main(argv) == 0  # no checkpoint: nothing to find in MLflow, nothing said
     assert "label2photo 1.000/1.000/1.000 FID n/a" in capsys.readouterr().out
     params.write_text("evaluate:\n  fid:\n    batch_size: 0\n")
     assert evaluate_stage.main(argv) == 1

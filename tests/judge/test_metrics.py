@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.data.labels import NUM_CLASSES, VOID, colorize, decode_label_map
-from pipeline.scoring.metrics import confusion_matrix, segmentation_scores
+from pipeline.judge.metrics import confusion_matrix, segmentation_scores
 
 
 def test_perfect_prediction_scores_one():

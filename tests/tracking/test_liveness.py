@@ -8,9 +8,10 @@ import signal
 
 import pytest
 
-from pipeline.cyclegan.checkpoint import load_checkpoint
+from pipeline.cyclegan.checkpoint import load_checkpoint, training_digest
 from pipeline.cyclegan.losses import LossSwitches
-from pipeline.orchestration import liveness, tracking
+from pipeline.tracking import liveness, runs
+from pipeline.tracking import store as tracking
 from stages.train import main as train_main
 from tests.factories import TINY_TRAIN as TINY
 from tests.factories import make_split, run_child, write_params
@@ -32,8 +33,12 @@ def _stage_args(tmp_path, split_dir, variant: str) -> list[str]:
 
 
 def _run_of(args: list[str]):
-    run_id = load_checkpoint(f"{args[-1]}/checkpoint.pt")["mlflow_run_id"]
-    return tracking.client().get_run(run_id)
+    """The stage's MLflow run: named by an unfinished checkpoint's recorder state, or found by the
+    finished one's training digest."""
+    state = load_checkpoint(f"{args[-1]}/checkpoint.pt")
+    if "recorder" in state:
+        return tracking.client().get_run(state["recorder"]["mlflow_run_id"])
+    return tracking.client().get_run(runs.find_training_run(TINY.experiment, training_digest(state)))
 
 
 def test_sigterm_ends_the_stages_run_killed(split_dir, tmp_path):
@@ -60,9 +65,9 @@ def test_a_sigkilled_stages_run_is_ended_killed_by_the_next_stage(split_dir, tmp
 
 
 def test_runs_of_live_processes_are_left_alone():
-    live = tracking.start_run("test-liveness", "live", None, {}, {})
-    foreign = tracking.start_run("test-liveness", "elsewhere", None, {}, {liveness.HOST_TAG: "another-host"})
-    dead = tracking.start_run("test-liveness", "dead", None, {}, {liveness.PID_TAG: "999999999"})
+    live = runs.start_run("test-liveness", "live", None, {}, {})
+    foreign = runs.start_run("test-liveness", "elsewhere", None, {}, {liveness.HOST_TAG: "another-host"})
+    dead = runs.start_run("test-liveness", "dead", None, {}, {liveness.PID_TAG: "999999999"})
     assert liveness.end_dead_runs(tracking.client(), "test-liveness") == [dead]
     statuses = {run: tracking.client().get_run(run).info.status for run in (live, foreign, dead)}
     assert statuses == {live: "RUNNING", foreign: "RUNNING", dead: "KILLED"}

@@ -1,9 +1,16 @@
-"""The training state of one variant and its step, in the reference's order of updates.
+"""One training step of one variant, in the reference's order of updates, and the state it updates.
 
-One step (as the reference's `optimize_parameters`): G and F take one Adam step on the generator
-objective with D_X and D_Y frozen, then D_X and D_Y take one Adam step on real images and pooled
-fakes (`pipeline.cyclegan.losses` writes the objective out). Nothing in a step reads a value back to
-the host, so the fast path (`pipeline.cyclegan.fast`) can capture it as a CUDA graph.
+Read `Trainer.step` as the reference's `optimize_parameters`:
+
+1. G and F take one Adam step on the generator objective (`pipeline.cyclegan.losses.generator_losses`:
+   adversarial, cycle and identity terms, as the variant switches them) with D_X and D_Y frozen;
+2. the new fakes go through the history pools (`pipeline.cyclegan.pool.ImagePool`);
+3. D_X and D_Y take one Adam step on real images and pooled fakes (`discriminator_losses`, halved).
+
+Nothing in a step reads a value back to the host, so the fast path (`pipeline.cyclegan.fast`, an
+add-on that feeds the same step from device-resident data) can capture it as a CUDA graph, and DDP
+(`pipeline.cyclegan.distributed`, the other add-on) wraps the two objectives the step calls.
+`PlainSteps` feeds the step on the plain path: a batch drawn and built on the CPU each step.
 """
 
 from __future__ import annotations
@@ -23,76 +30,7 @@ from pipeline.cyclegan.distributed import Parallel
 from pipeline.cyclegan.losses import LossDict, LossSwitches, discriminator_losses, generator_losses
 from pipeline.cyclegan.models import CycleGANNets, DiscriminatorConfig, GeneratorConfig, build_nets
 from pipeline.cyclegan.pool import ImagePool
-
-
-def set_requires_grad(nets: list[torch.nn.Module], flag: bool) -> None:
-    for net in nets:
-        for param in net.parameters():
-            param.requires_grad_(flag)
-
-
-class GeneratorObjective(torch.nn.Module):
-    """G and F with the generator objective as their forward: the unit DDP wraps for the G step.
-
-    The discriminators are held in a tuple, so they are not registered here: D is frozen during the
-    G step and its parameters belong to `DiscriminatorObjective` (DDP syncs each parameter once).
-    """
-
-    def __init__(self, nets: CycleGANNets, switches: LossSwitches, lambda_cycle: float):
-        super().__init__()
-        self.G, self.F = nets.G, nets.F
-        self.discriminators = (nets.D_X, nets.D_Y)
-        self.switches, self.lambda_cycle = switches, lambda_cycle
-
-    def forward(self, real_A: torch.Tensor, real_B: torch.Tensor) -> tuple[LossDict, dict[str, torch.Tensor]]:
-        nets = CycleGANNets(self.G, self.F, *self.discriminators)
-        return generator_losses(nets, real_A, real_B, self.switches, self.lambda_cycle)
-
-
-class DiscriminatorObjective(torch.nn.Module):
-    """D_X and D_Y with the (halved) discriminator objective as their forward: the unit of the D step."""
-
-    def __init__(self, nets: CycleGANNets):
-        super().__init__()
-        self.D_X, self.D_Y = nets.D_X, nets.D_Y
-        self.generators = (nets.G, nets.F)  # not registered: not used here
-
-    def forward(
-        self,
-        real_A: torch.Tensor,
-        real_B: torch.Tensor,
-        pooled_fake_A: torch.Tensor,
-        pooled_fake_B: torch.Tensor,
-    ) -> LossDict:
-        nets = CycleGANNets(*self.generators, self.D_X, self.D_Y)
-        return discriminator_losses(nets, real_A, real_B, pooled_fake_A, pooled_fake_B)
-
-
-@dataclasses.dataclass
-class Objectives:
-    """What `Trainer.step` calls: the objectives over (maybe compiled) networks, maybe DDP-wrapped."""
-
-    generator: torch.nn.Module
-    discriminator: torch.nn.Module | None
-
-
-def build_objectives(
-    nets: CycleGANNets, switches: LossSwitches, cfg: TrainConfig, parallel: Parallel | None
-) -> Objectives:
-    generator: torch.nn.Module = GeneratorObjective(nets, switches, cfg.lambda_cycle)
-    discriminator = DiscriminatorObjective(nets) if switches.adversarial else None
-    if parallel is not None:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        # Every parameter is used in every step (no find_unused_parameters); instance norm has no buffers.
-        wrap = functools.partial(
-            DDP,
-            device_ids=[parallel.device.index] if parallel.device.type == "cuda" else None,
-            gradient_as_bucket_view=True,
-        )
-        generator = wrap(generator)
-        discriminator = wrap(discriminator) if discriminator is not None else None
-    return Objectives(generator, discriminator)
+from pipeline.data.domains import UnpairedSampler
 
 
 @dataclasses.dataclass
@@ -238,6 +176,76 @@ class Trainer:
                         param_state[key] = torch.empty_like(param).copy_(value)
 
 
+def set_requires_grad(nets: list[torch.nn.Module], flag: bool) -> None:
+    for net in nets:
+        for param in net.parameters():
+            param.requires_grad_(flag)
+
+
+class GeneratorObjective(torch.nn.Module):
+    """G and F with the generator objective as their forward: the unit DDP wraps for the G step.
+
+    The discriminators are held in a tuple, so they are not registered here: D is frozen during the
+    G step and its parameters belong to `DiscriminatorObjective` (DDP syncs each parameter once).
+    """
+
+    def __init__(self, nets: CycleGANNets, switches: LossSwitches, lambda_cycle: float):
+        super().__init__()
+        self.G, self.F = nets.G, nets.F
+        self.discriminators = (nets.D_X, nets.D_Y)
+        self.switches, self.lambda_cycle = switches, lambda_cycle
+
+    def forward(self, real_A: torch.Tensor, real_B: torch.Tensor) -> tuple[LossDict, dict[str, torch.Tensor]]:
+        nets = CycleGANNets(self.G, self.F, *self.discriminators)
+        return generator_losses(nets, real_A, real_B, self.switches, self.lambda_cycle)
+
+
+class DiscriminatorObjective(torch.nn.Module):
+    """D_X and D_Y with the (halved) discriminator objective as their forward: the unit of the D step."""
+
+    def __init__(self, nets: CycleGANNets):
+        super().__init__()
+        self.D_X, self.D_Y = nets.D_X, nets.D_Y
+        self.generators = (nets.G, nets.F)  # not registered: not used here
+
+    def forward(
+        self,
+        real_A: torch.Tensor,
+        real_B: torch.Tensor,
+        pooled_fake_A: torch.Tensor,
+        pooled_fake_B: torch.Tensor,
+    ) -> LossDict:
+        nets = CycleGANNets(*self.generators, self.D_X, self.D_Y)
+        return discriminator_losses(nets, real_A, real_B, pooled_fake_A, pooled_fake_B)
+
+
+@dataclasses.dataclass
+class Objectives:
+    """What `Trainer.step` calls: the objectives over (maybe compiled) networks, maybe DDP-wrapped."""
+
+    generator: torch.nn.Module
+    discriminator: torch.nn.Module | None
+
+
+def build_objectives(
+    nets: CycleGANNets, switches: LossSwitches, cfg: TrainConfig, parallel: Parallel | None
+) -> Objectives:
+    generator: torch.nn.Module = GeneratorObjective(nets, switches, cfg.lambda_cycle)
+    discriminator = DiscriminatorObjective(nets) if switches.adversarial else None
+    if parallel is not None:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # Every parameter is used in every step (no find_unused_parameters); instance norm has no buffers.
+        wrap = functools.partial(
+            DDP,
+            device_ids=[parallel.device.index] if parallel.device.type == "cuda" else None,
+            gradient_as_bucket_view=True,
+        )
+        generator = wrap(generator)
+        discriminator = wrap(discriminator) if discriminator is not None else None
+    return Objectives(generator, discriminator)
+
+
 def _portable(state: Any) -> Any:
     """A copy of an optimiser or scheduler state dict with 0-d lr tensors as floats (device-free)."""
     if isinstance(state, dict):
@@ -323,3 +331,31 @@ def build_trainer(
     return Trainer(
         nets, optimizers, schedulers, pools, switches, cfg, device, objectives, parallel, capturable, options
     )
+
+
+class PlainSteps:
+    """The plain path's step: draws and images on the CPU, batches moved to the device each step."""
+
+    def __init__(self, trainer: Trainer, sampler: UnpairedSampler):
+        self.trainer, self.sampler = trainer, sampler
+        self.local_batch = sampler.batch_size // trainer.world_size
+
+    def step(self) -> LossDict:
+        draw = self.sampler.next_draw()
+        pool_draws = self.trainer.draw_pools(self.local_batch)
+        if self.trainer.parallel is not None:
+            rows = self.trainer.parallel.local_rows(self.local_batch)
+            draw = draw.rows(rows.start, rows.stop)
+        real_A, real_B = (
+            batch.to(self.trainer.device, non_blocking=True) for batch in self.sampler.materialize(draw)
+        )
+        return self.trainer.step(real_A, real_B, pool_draws)
+
+
+def make_steps(trainer: Trainer, sampler: UnpairedSampler) -> PlainSteps:
+    """The step runner for the configured path (`pipeline.cyclegan.fast.FastSteps` when `train.fast`)."""
+    if trainer.cfg.fast:
+        from pipeline.cyclegan.fast import FastSteps  # imports CUDA-only helpers; CPU runs skip it
+
+        return FastSteps(trainer, sampler)
+    return PlainSteps(trainer, sampler)

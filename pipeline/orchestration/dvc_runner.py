@@ -62,7 +62,7 @@ def dvc_command(args: Sequence[str], project_dir: Path, env: Mapping[str, str]) 
     )
     if list(args[:1]) == ["push"] and "--run-cache" in args:
         # A process of its own, as DVC's own commands: DVC's API works in the repo's folder.
-        script = "import pipeline.orchestration.dvc as d; print(d.push_run_cache_objects(), 'objects pushed')"
+        script = "import pipeline.orchestration.dvc_runner as d; print(d.push_run_cache_objects(), 'pushed')"
         _guarded([sys.executable, "-c", script], project_dir, env, "the run cache's objects' push")
 
 

@@ -7,7 +7,7 @@ from PIL import Image
 
 from pipeline.core.errors import PipelineError
 from pipeline.cyclegan.models import ResnetGenerator
-from pipeline.scoring.translate import TranslateConfig, run_generator, translate_folder, translate_val
+from pipeline.cyclegan.translate import TranslateConfig, run_generator, translate_folder, translate_val
 from stages import translate as translate_stage
 from tests.factories import TINY_GENERATOR as TINY
 from tests.factories import make_checkpoint, make_val_split

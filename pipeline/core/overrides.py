@@ -14,9 +14,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.config import read_params, read_variants
+from pipeline.core.config import read_params
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import atomic_write_text
+from pipeline.core.study import read_variants
 
 PARAMS_NAME = "params.yaml"
 BACKUP_NAME = "params.before-overrides.yaml"  # params.yaml as the last run with overrides found it

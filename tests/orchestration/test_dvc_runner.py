@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from pipeline.orchestration import guard
-from pipeline.orchestration.dvc import dvc_command
+from pipeline.orchestration.dvc_runner import dvc_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ pathlib.Path("out.txt").write_text("done")
 RUNS_DVC = """\
 import os, sys
 from pathlib import Path
-from pipeline.orchestration.dvc import dvc_command
+from pipeline.orchestration.dvc_runner import dvc_command
 dvc_command(["repro", "quiet"], Path(sys.argv[1]), dict(os.environ))
 """
 
@@ -216,3 +216,17 @@ def test_a_stage_with_an_uncached_metric_is_restored_in_another_clone_from_the_p
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert "Stage 'make' is cached - skipping run" in restored.stdout, restored.stdout
     assert (clone / "m.json").read_text() == (origin / "m.json").read_text()
+
+
+def test_under_restore_only_a_stage_command_refuses_and_dvc_still_runs(tmp_path):
+    from pipeline.orchestration.tasks import restore_only_env
+
+    env = restore_only_env(dict(os.environ), tmp_path, "not in the run cache: the collect only restores")
+    stage = subprocess.run(
+        ["sh", "-c", "python -m stages.train --variant x"], env=env, capture_output=True, text=True
+    )
+    assert (
+        stage.returncode == 1 and stage.stderr == "error: not in the run cache: the collect only restores\n"
+    )
+    dvc = subprocess.run([sys.executable, "-m", "dvc", "--version"], env=env, capture_output=True, text=True)
+    assert dvc.returncode == 0, dvc.stderr

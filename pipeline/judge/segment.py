@@ -14,17 +14,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.core.checkpoints import CHECKPOINT_NAME
 from pipeline.core.errors import PipelineError
 from pipeline.core.images import hwc_to_model, read_mask, read_rgb, resize_to
 from pipeline.core.progress import progress
 from pipeline.data.labels import NUM_CLASSES
 from pipeline.data.manifest import read_manifest
+from pipeline.judge.metrics import confusion_matrix
 from pipeline.judge.model import FCN8s, FCNConfig, resize
-from pipeline.scoring.metrics import confusion_matrix
 
-CHECKPOINT_NAME = "checkpoint.pt"
 KIND = "fcn_judge"  # marks the checkpoint dict so a CycleGAN checkpoint is not mistaken for a judge
-FORMAT = 1
+FORMAT = 2  # 2: the resume check reads a `fingerprint` (1 had an `identity`)
 
 
 @dataclass

@@ -3,8 +3,8 @@
 A profile is applied the way DVC experiments apply parameters (``dvc exp run -S key=value``), so the
 run is recorded as a DVC experiment and ``params.yaml`` in git stays the default profile:
 
-    python -m pipeline.orchestration.profiles paper      # prints: -S 'train.crop_size=128' -S ...
-    dvc exp run $(python -m pipeline.orchestration.profiles paper)
+    python -m pipeline.core.profiles paper      # prints: -S 'train.crop_size=128' -S ...
+    dvc exp run $(python -m pipeline.core.profiles paper)
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import yaml
 
 from pipeline.core.config import PROJECT_ROOT
 from pipeline.core.errors import PipelineError
+from pipeline.core.overrides import normalize_overrides
 from pipeline.core.project import dvc_root
-from pipeline.orchestration.overrides import normalize_overrides
 
 
 def default_dir() -> Path:
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print(
-            f"usage: python -m pipeline.orchestration.profiles NAME  (one of: {', '.join(available())})",
+            f"usage: python -m pipeline.core.profiles NAME  (one of: {', '.join(available())})",
             file=sys.stderr,
         )
         return 2

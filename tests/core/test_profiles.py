@@ -6,9 +6,9 @@ import yaml
 
 from pipeline.core.config import PROJECT_ROOT, from_mapping, read_params
 from pipeline.core.errors import PipelineError
+from pipeline.core.profiles import load_profile, matching_profile, set_params_args
 from pipeline.cyclegan.config import TrainConfig, target_steps
 from pipeline.data.split import SplitConfig
-from pipeline.orchestration.profiles import load_profile, matching_profile, set_params_args
 
 
 def test_paper_profile_sets_the_paper_settings():
@@ -51,7 +51,7 @@ def test_unknown_profile_lists_the_known_ones(tmp_path):
 
 def test_command_line_prints_shell_ready_arguments():
     out = subprocess.run(
-        [sys.executable, "-m", "pipeline.orchestration.profiles", "paper"],
+        [sys.executable, "-m", "pipeline.core.profiles", "paper"],
         capture_output=True,
         text=True,
         check=True,
