@@ -530,7 +530,7 @@ def _inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[bytes]
                 crc = zlib.crc32(chunk, crc)
                 yield chunk
     except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
-        raise zipfile.BadZipFile(f"member {info.filename[:200]!r}: {exc}") from None
+        raise zipfile.BadZipFile(f"member {info.filename[:200]!r}: {exc or type(exc).__name__}") from None
     if seen != declared:
         raise _Refused(info.filename, f"it inflates to {seen} bytes, not the {declared} it declares")
     if crc != info.CRC:
