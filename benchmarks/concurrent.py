@@ -40,6 +40,7 @@ import multiprocessing
 import os
 import platform
 import queue
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -73,7 +74,9 @@ class ConcurrentConfig:
     ndf: int = 64
     n_blocks: int = 6
     warmup: int = 3  # untimed steps per run (cuDNN autotuning, Adam state, allocator)
-    threads: int = 1  # torch CPU threads per run (design a: per process; b: N x this, up to the cores)
+    repeats: int = 3  # timed windows of `steps` steps; the median (high) window gives the figure
+    threads: int = 1  # torch CPU threads per run (design a: per process)
+    batched_threads: int | None = None  # design b's one process (None: N x threads, up to the cores)
     images: int = 16  # synthetic images per domain
     bf16: bool = True  # bf16 autocast on CUDA (ignored on the CPU, as train.bf16 is)
     budget_s: float | None = None  # start no (design, N) measurement after this many seconds
@@ -95,7 +98,7 @@ class ConcurrentConfig:
         )
 
 
-TINY = ConcurrentConfig(image_size=32, load_size=36, ngf=8, ndf=8, n_blocks=1, warmup=1, images=8)
+TINY = ConcurrentConfig(image_size=32, load_size=36, ngf=8, ndf=8, n_blocks=1, warmup=1, repeats=1, images=8)
 TINY_RUNS, TINY_STEPS = (1, 2), 3
 
 
@@ -265,8 +268,8 @@ def build_stacked(
 
 def _measure_stacked(runs: int, steps: int, cfg: ConcurrentConfig, device: torch.device) -> dict[str, Any]:
     threads = torch.get_num_threads()
-    if device.type == "cpu":  # the cores design (a) would use: N processes x cfg.threads
-        torch.set_num_threads(min(runs * cfg.threads, os.cpu_count() or 1))
+    if device.type == "cpu":  # by default the cores design (a) would use: N processes x cfg.threads
+        torch.set_num_threads(cfg.batched_threads or min(runs * cfg.threads, os.cpu_count() or 1))
     try:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -274,14 +277,20 @@ def _measure_stacked(runs: int, steps: int, cfg: ConcurrentConfig, device: torch
         stacked = build_stacked(run_seeds(runs), cfg, synthetic_domains(cfg), device)
         for _ in range(cfg.warmup):
             stacked.step()
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            losses = stacked.step()
-        _sync(device)
-        wall = time.perf_counter() - start
+        windows = []
+        for _ in range(cfg.repeats):
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                losses = stacked.step()
+            _sync(device)
+            windows.append(time.perf_counter() - start)
         _check_finite(losses)
-        result = {"wall_s": wall, "threads": torch.get_num_threads()}
+        result = {
+            "wall_s": statistics.median_high(windows),
+            "windows_s": windows,
+            "threads": torch.get_num_threads(),
+        }
         if device.type == "cuda":
             result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         return result
@@ -301,7 +310,8 @@ def _check_finite(losses: LossDict) -> None:
 
 
 def _process_run(seed: int, steps: int, cfg: ConcurrentConfig, device_name: str, barrier, results) -> None:
-    """One run in its own process: build, warm up, wait for the others, time `steps` steps."""
+    """One run in its own process: build, warm up, then `repeats` times: wait for the others, time
+    `steps` steps."""
     try:
         torch.set_num_threads(cfg.threads)
         device = torch.device(device_name)
@@ -316,16 +326,18 @@ def _process_run(seed: int, steps: int, cfg: ConcurrentConfig, device_name: str,
         runner = make_steps(trainer, sampler)  # the plain path on the CPU, the fast path on CUDA
         for _ in range(cfg.warmup):
             runner.step()
-        _sync(device)
-        barrier.wait(timeout=PROCESS_TIMEOUT_S)
-        start = time.monotonic()  # system-wide clock: comparable between the processes
-        for _ in range(steps):
-            losses = runner.step()
-        _sync(device)
-        end = time.monotonic()
+        windows = []
+        for _ in range(cfg.repeats):
+            _sync(device)
+            barrier.wait(timeout=PROCESS_TIMEOUT_S)
+            start = time.monotonic()  # system-wide clock: comparable between the processes
+            for _ in range(steps):
+                losses = runner.step()
+            _sync(device)
+            windows.append((start, time.monotonic()))
         _check_finite(losses)
         memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-        results.put({"seed": seed, "start": start, "end": end, "peak_memory_gib": memory})
+        results.put({"seed": seed, "windows": windows, "peak_memory_gib": memory})
     except BaseException as exc:
         barrier.abort()  # the others stop waiting
         results.put({"seed": seed, "error": f"{type(exc).__name__}: {exc}"[:1000]})
@@ -368,14 +380,24 @@ def _measure_processes(runs: int, steps: int, cfg: ConcurrentConfig, device: tor
     errors = [r["error"] for r in reports if "error" in r]
     if errors:
         raise RuntimeError(errors[0])
-    wall = max(r["end"] for r in reports) - min(r["start"] for r in reports)
+    reports.sort(key=_seed)
+    # Window i of every process started after the same barrier: its wall time is last end - first start.
+    windows = [
+        max(end for _, end in window) - min(start for start, _ in window)
+        for window in zip(*(r["windows"] for r in reports), strict=True)
+    ]
+    median = statistics.median_high(windows)
+    middle = windows.index(median)
     result: dict[str, Any] = {
-        "wall_s": wall,
+        "wall_s": median,
+        "windows_s": windows,
         "threads": cfg.threads,
-        "per_process_pairs_per_s": [steps / (r["end"] - r["start"]) for r in sorted(reports, key=_seed)],
+        "per_process_pairs_per_s": [
+            steps / (end - start) for start, end in (r["windows"][middle] for r in reports)
+        ],
     }
     if device.type == "cuda":
-        result["peak_memory_gib"] = [r["peak_memory_gib"] for r in sorted(reports, key=_seed)]
+        result["peak_memory_gib"] = [r["peak_memory_gib"] for r in reports]
     return result
 
 
@@ -425,7 +447,9 @@ def measure(
         "model": {"ngf": cfg.ngf, "ndf": cfg.ndf, "n_blocks": cfg.n_blocks, "variant": "cyclegan"},
         "steps": steps,
         "warmup": cfg.warmup,
+        "repeats": cfg.repeats,
         "threads_per_run": cfg.threads,
+        "batched_threads": cfg.batched_threads,
         "bf16": cfg.bf16 and device.type == "cuda",
         "runs": list(runs),
         "details": {design: {} for design in designs},
@@ -477,9 +501,9 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [
         f"{report['runs']} independent batch-1 cyclegan runs on {report['device_name']}, torch "
         f"{report['torch']}: {report['image_size']} px, ngf {report['model']['ngf']}, "
-        f"{report['model']['n_blocks']} blocks, {report['steps']} timed steps after {report['warmup']}, "
-        f"{'bf16' if report['bf16'] else 'fp32'}",
-        f"{'design':<24} {'N':>3} {'pairs/s':>9} {'per run':>9} {'x N=1':>7} {'b/a':>6}",
+        f"{report['model']['n_blocks']} blocks, {'bf16' if report['bf16'] else 'fp32'}; median of "
+        f"{report['repeats']} windows of {report['steps']} steps after {report['warmup']} untimed",
+        f"{'design':<24} {'N':>3} {'pairs/s':>9} {'per run':>9} {'x N=1':>7} {'b/a':>6} {'threads':>8}",
     ]
     labels = {"a": "a (N processes)", "b": "b (one batched model)"}
     for n in sorted(report["runs"]):
@@ -491,9 +515,11 @@ def format_table(report: dict[str, Any]) -> str:
                 continue
             ratio = report.get("ratio_to_1", {}).get(design, {}).get(key)
             b_to_a = report["ratio_b_to_a"].get(key) if design == "b" else None
+            threads = report["details"][design][key]["threads"]
+            threads = f"{n}x{threads}" if design == "a" else str(threads)  # processes x threads
             lines.append(
                 f"{labels[design]:<24} {n:>3} {by_n[key]:>9.2f} {report['per_run'][design][key]:>9.2f} "
-                f"{_fmt(ratio):>7} {_fmt(b_to_a):>6}"
+                f"{_fmt(ratio):>7} {_fmt(b_to_a):>6} {threads:>8}"
             )
     return "\n".join(lines)
 
@@ -514,12 +540,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", help="comma-separated N (default 1,2,5,10; --tiny: 1,2)")
     parser.add_argument("--steps", type=int, help="timed steps per run (default 20; --tiny: 3)")
     parser.add_argument("--warmup", type=int, help="untimed steps per run first (default 3)")
+    parser.add_argument("--repeats", type=int, help="timed windows; the median counts (default 3)")
     parser.add_argument("--image-size", type=int, help="crop size (default 128)")
     parser.add_argument("--load-size", type=int, help="synthetic image size (default 143/128 x image size)")
     parser.add_argument("--ngf", type=int, help="generator filters (default 64)")
     parser.add_argument("--ndf", type=int, help="discriminator filters (default: --ngf)")
     parser.add_argument("--n-blocks", type=int, help="residual blocks (default 6)")
     parser.add_argument("--threads", type=int, help="torch CPU threads per run (default 1)")
+    parser.add_argument(
+        "--batched-threads", type=int, help="design b's CPU threads (default: N x --threads, up to the cores)"
+    )
     parser.add_argument("--no-bf16", action="store_true", help="fp32 on CUDA too")
     parser.add_argument("--budget-s", type=float, help="start no measurement after this many seconds")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -534,7 +564,9 @@ def main(argv: list[str] | None = None) -> int:
             ("ngf", args.ngf),
             ("n_blocks", args.n_blocks),
             ("warmup", args.warmup),
+            ("repeats", args.repeats),
             ("threads", args.threads),
+            ("batched_threads", args.batched_threads),
             ("budget_s", args.budget_s),
         )
         if value is not None
