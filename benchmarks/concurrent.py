@@ -316,8 +316,7 @@ def _process_run(seed: int, steps: int, cfg: ConcurrentConfig, device_name: str,
         torch.set_num_threads(cfg.threads)
         device = torch.device(device_name)
         if device.type == "cuda":
-            torch.cuda.set_device(device)
-            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.benchmark = True  # fixed shapes (the fast path sets it as well)
         train_cfg = cfg.train_config(seed, device)
         trainer = build_trainer(LossSwitches(), train_cfg, device)
         sampler = UnpairedSampler(
