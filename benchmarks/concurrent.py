@@ -127,9 +127,10 @@ class StackedRuns:
     """N independent runs of one variant, trained at batch 1 each, as one batched model.
 
     Built from N trainers (`build_trainer`: each run's seeded initial networks and its two pools) and N
-    samplers (each run's seeded data stream). The networks are stacked (leading dim: the run) and the
-    trainers' own copies are dropped; the pools stay each run's own `ImagePool`s. `step()` returns
-    each loss as an (N,) tensor, one entry per run.
+    samplers (each run's seeded data stream, all over the same domains). The networks are stacked
+    (leading dim: the run) into new tensors, which train; the trainers' networks and optimisers are not
+    kept. The pools stay each run's own `ImagePool`s. `step()` returns each loss as an (N,) tensor, one
+    entry per run.
     """
 
     def __init__(self, trainers: Sequence[Trainer], samplers: Sequence[UnpairedSampler]):
