@@ -8,7 +8,9 @@ finish - is recorded and the session goes on; every phase has a deadline):
 
 1. unpack the carried split and judge (`benchmarks.carry`);
 2. on CUDA: the GPU tests of tests/cyclegan/test_fast.py (a captured step equals eager steps), ~10 s;
-3. the benchmark (`benchmarks.bench`) with its own time budget;
+3. the benchmark (`benchmarks.bench`) with its own time budget, then N = 1, 2, 5, 10 batch-1 runs at
+   once as N processes or one batched model (`benchmarks.concurrent`, into the benchmark JSON as
+   `concurrent_b1`; no measurement starts after `CONCURRENT_BUDGET_S`);
 4. the plan: from the benchmark's measured rate of the fastest working fast-path mode at the ablation
    batch size (default 1, the paper's), the number of epochs E that lets all five variants finish in the
    time left (the same E for every variant; lr constant for ceil(E/2) epochs then linear decay; if not
@@ -42,6 +44,7 @@ VARIANT_ORDER = ("cyclegan", "gan_forward", "gan_backward", "gan_only", "cycle_o
 SAFETY = 0.85  # share of the measured rate the plan counts on (variants differ; epoch ends; saves)
 VARIANT_OVERHEAD_S = 10.0  # per variant: decode the domains, build, warm up, capture, final checkpoint
 EVAL_RESERVE_S = 90.0  # translate + evaluate 5 x 1000 images, the report, packing the outputs
+CONCURRENT_BUDGET_S = 60.0  # benchmarks.concurrent: no (design, N) measurement starts after this
 
 
 @dataclasses.dataclass
@@ -331,6 +334,20 @@ def run_evaluation_phase(plan_path: Path) -> int:
 # --- the session ------------------------------------------------------------------------------------
 
 
+def measure_concurrent(session: Session, bench: dict[str, Any], tiny: bool) -> None:
+    """`benchmarks.concurrent` (designs a and b) into the benchmark JSON: `concurrent_b1` holds the
+    pairs/s by design and N, `concurrent_b1_setup` the rest of its report."""
+    path = session.work / "concurrent.json"
+    args = ["-m", "benchmarks.concurrent", "--json", str(path), "--budget-s", str(CONCURRENT_BUDGET_S)]
+    args += ["--tiny"] if tiny else ["--runs", "1,2,5,10"]
+    session.phase("concurrent", args, CONCURRENT_BUDGET_S + 90)
+    if bench and path.is_file():
+        report = json.loads(path.read_text())
+        bench["concurrent_b1"] = report.pop("concurrent_b1")
+        bench["concurrent_b1_setup"] = report
+        (session.work / "bench.json").write_text(json.dumps(bench, indent=2) + "\n")
+
+
 def _environment(session: Session) -> None:
     import torch
 
@@ -444,6 +461,7 @@ def run_session(
         from benchmarks.bench import format_table
 
         session.say("benchmark table:\n" + format_table(bench))
+    measure_concurrent(session, bench, tiny)
 
     image_size = session.record["pack"].get("train_size") or (32 if tiny else 128)
     seconds = session.left() - EVAL_RESERVE_S * (0.4 if tiny else 1.0)

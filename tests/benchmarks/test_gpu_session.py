@@ -161,4 +161,6 @@ def test_tiny_gpu_session_runs_end_to_end_on_the_cpu(tmp_path):
         "cycle_only",
     }
     assert "CycleGAN" in (out / "ablation.md").read_text()
-    assert json.loads((out / "cpu-tiny.json").read_text())["reference_b1_pairs_per_s"] > 0
+    bench = json.loads((out / "cpu-tiny.json").read_text())
+    assert bench["reference_b1_pairs_per_s"] > 0
+    assert set(bench["concurrent_b1"]) == {"a", "b"} and bench["concurrent_b1"]["b"]["2"] > 0
