@@ -16,13 +16,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# make repro PROFILE=paper: the same pipeline as a DVC experiment with profiles/paper.yaml applied.
+# The whole pipeline, its (variant, seed) runs trained side by side: the Prefect flow in this process
+# (README: "Concurrent runs"). JOBS=N: runs at once; PROFILE=paper: profiles/paper.yaml applied first.
+# A plain `dvc repro` runs the same stages one at a time and gives the same results.
 repro: $(STAMP)
-ifdef PROFILE
-	dvc exp run $$(python -m pipeline.core.profiles $(PROFILE))
-else
-	dvc repro
-endif
+	cyclegan repro $(if $(JOBS),--jobs $(JOBS)) $(if $(PROFILE),--profile $(PROFILE))
 
 # Two pytest workers: the end-to-end tests (one xdist group, tests/conftest.py) mostly wait on servers
 # and subprocesses while the other worker runs the rest. TEST_WORKERS=0 runs everything in one process.

@@ -1,5 +1,8 @@
 """The `cyclegan` command: what is not a DVC stage.
 
+cyclegan repro [--jobs N] [--profile NAME]
+                                 the whole pipeline here, its runs trained side by side (what `make repro`
+                                 runs): the Prefect flow of `cyclegan serve`, run in this process
 cyclegan serve                   serve the Prefect deployment cyclegan/ablation from this project
 cyclegan ui                      the MLflow UI on this project's store, opened on the runs
 cyclegan translate CKPT IN OUT --direction photo2label|label2photo
@@ -12,12 +15,19 @@ The scale-out's deployments (cyclegan/ablation and cyclegan/fan-out on a work po
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pipeline.core.directions import DIRECTIONS
 from pipeline.core.entry import run_main
 from pipeline.core.errors import PipelineError
 
+# Without PREFECT_API_URL the flow starts a temporary local server: give a busy machine time to start it
+# (Prefect's default is 20 s, and its first start creates its database), and keep it to itself.
+EPHEMERAL_SERVER = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
 SERVER_HINT = (
     "start one with `prefect server start --host 127.0.0.1` and "
     "`export PREFECT_API_URL=http://127.0.0.1:4200/api` in this terminal"
@@ -62,6 +72,27 @@ def _serve(args: argparse.Namespace) -> int:
         entrypoint_type=EntrypointType.MODULE_PATH,
         description=f"{DEPLOYMENT_NAME}: the CycleGAN loss ablation (all variants unless `variants` is set)",
     )
+    return 0
+
+
+def _repro(args: argparse.Namespace) -> int:
+    """The flow `cyclegan` in this process, on this project: the same code path as a deployment run.
+
+    With ``PREFECT_API_URL`` set, the run shows in that server's UI; without it Prefect starts a
+    temporary local server for the run. A profile's keys are applied as the flow's overrides (kept in
+    params.yaml, the file as found saved beside it)."""
+    from pipeline.core.overrides import normalize_overrides
+    from pipeline.core.profiles import load_profile
+    from pipeline.orchestration.flows import cyclegan
+    from pipeline.orchestration.workspace import served_project
+
+    served_project()  # one line, before Prefect starts, when not in a DVC project
+    for name, value in EPHEMERAL_SERVER.items():
+        os.environ.setdefault(name, value)
+    overrides = [*normalize_overrides(load_profile(args.profile) if args.profile else None), *args.set]
+    result = cyclegan(variants=args.variants, overrides=overrides or None, jobs=args.jobs, seeds=args.seeds)
+    outcomes = ", ".join(f"{name} {outcome}" for name, outcome in result["variants"].items()) or "none"
+    print(f"repro: {outcomes}; report {result['report']}; MLflow parent {result['mlflow_parent_run_id']}")
     return 0
 
 
@@ -125,6 +156,23 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="The scale-out's work-pool deployments are in prefect.yaml: `prefect deploy --all`.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    repro = commands.add_parser(
+        "repro", help="the whole pipeline here, runs trained side by side (the flow, in this process)"
+    )
+    repro.add_argument("--jobs", type=int, default=None, help="runs trained at once (default: what fits)")
+    repro.add_argument("--profile", default=None, help="apply profiles/NAME.yaml first (e.g. paper)")
+    repro.add_argument(
+        "-S",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a params override, as dvc exp run -S",
+    )
+    repro.add_argument("--variants", nargs="+", default=None, help="only these variants (default: all)")
+    repro.add_argument("--seeds", nargs="+", type=int, default=None, help="only these seeds (default: all)")
+    repro.set_defaults(handler=_repro)
 
     serve = commands.add_parser("serve", help="serve the Prefect deployment cyclegan/ablation (Ctrl-C stops)")
     serve.add_argument("--name", default="ablation", help="deployment name (default: %(default)s)")

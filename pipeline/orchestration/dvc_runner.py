@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,10 @@ from pipeline.orchestration import guard
 
 OUTPUT_TAIL_LINES = 60
 STOP_WAIT_S = guard.GRACE_S + 10.0  # how long a stopped flow waits for the guard to stop the stage
+# The guards of the DVC commands running now, from any thread (several run at once when runs train
+# concurrently): `stop_running` stops them all when the flow is interrupted in another thread.
+_RUNNING: set[subprocess.Popen] = set()
+_RUNNING_LOCK = threading.Lock()
 
 # Runs one DVC command (args after `dvc`, e.g. ["repro", "train@cyclegan"]) in a workspace with an
 # environment; raises StageFailed. The default is `dvc_command`; tests pass a fake.
@@ -81,6 +86,8 @@ def _guarded(command: list[str], project_dir: Path, env: Mapping[str, str], what
         errors="replace",
         start_new_session=True,
     )
+    with _RUNNING_LOCK:
+        _RUNNING.add(process)
     try:
         assert process.stdout is not None
         for line in process.stdout:
@@ -90,13 +97,39 @@ def _guarded(command: list[str], project_dir: Path, env: Mapping[str, str], what
                 tail.append(line)
         returncode = process.wait()
     except BaseException:  # a cancelled flow run (Prefect's SIGTERM), Ctrl-C, a task timeout
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=STOP_WAIT_S)
+        _stop(process)
         raise
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(process)
     if returncode != 0:
         raise StageFailed(f"`{what}` exited with {returncode}: {_error_detail(list(tail))}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM to a guard (which stops its command's group: a training stage saves its checkpoint and
+    ends its MLflow run KILLED), and wait for it."""
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=STOP_WAIT_S)
+
+
+def stop_running() -> int:
+    """Stop every DVC command this process runs now, in any thread; returns how many were running.
+
+    A worker thread does not hear of the main thread's interruption (Ctrl-C, a cancelled flow run): this
+    is how the runs trained side by side all stop with it, each saving its checkpoint.
+    """
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for process in running:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+    for process in running:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=STOP_WAIT_S)
+    return len(running)
 
 
 def push_run_cache_objects() -> int:

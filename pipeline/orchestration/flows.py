@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,13 +45,12 @@ from pipeline.core.overrides import (
 from pipeline.core.project import stage_output_md5
 from pipeline.core.study import read_study, run_name
 from pipeline.core.urls import redact_text, redact_url
-from pipeline.orchestration import fanout, records, workspace
+from pipeline.orchestration import concurrent, fanout, records, workspace
 from pipeline.orchestration.dvc_runner import StageRunner, dvc_command
 from pipeline.orchestration.tasks import (
     GPU_TAG,
     REPORT_STAGE,
     SHARED_STAGES,
-    VARIANT_STAGES,
     check_worker_env,
     ensure_concurrency_limit,
     push_run_cache,
@@ -58,6 +58,7 @@ from pipeline.orchestration.tasks import (
     stage_env,
     stage_task,
     use_shared_remote,
+    visible_gpus,
 )
 from pipeline.tracking import liveness, runs, store
 from pipeline.tracking.parent import experiment_of, parent_name
@@ -110,6 +111,7 @@ class Launch:
     owns_parent: bool  # this run created (or reopened) the parent and ends it
     env: dict[str, str]
     experiment: str
+    jobs: int = 1  # runs trained at once (`concurrent`)
 
     @property
     def names(self) -> list[str]:
@@ -188,27 +190,18 @@ def _run_stages(
     pull: bool,
     restore_only: bool = False,
 ) -> str:
-    """Shared stages, each run's chain (``<variant>-<seed>``; a failure is recorded in `outcomes`, not
-    raised), then the report when the launch covers every run and all completed. Returns what became of
-    the report. A failing shared stage raises: no variant can run without it. `restore_only`: any
-    stage but the report must come from the run cache (`RESTORE_ONLY`).
+    """Shared stages, then every run (``<variant>-<seed>``; trained side by side, a failure is recorded in
+    `outcomes`, not raised), then the report when the launch covers every run and all completed.
+    Returns what became of the report. A failing shared stage raises: no variant can run without it.
+    `restore_only`: any stage but the report must come from the run cache (`RESTORE_ONLY`).
     """
-    logger = get_run_logger()
     env = restore_only_env(launch.env, launch.project, RESTORE_ONLY) if restore_only else launch.env
     for stage in SHARED_STAGES:
         stage_task(stage)(stage, launch.project, env, runner, pull=pull)
     with store.use_store(launch.store):
         runs.set_tags(launch.parent_id, {DATA_HASH_TAG: stage_output_md5(launch.project, "split")})
 
-    for name in names:
-        try:
-            for kind in VARIANT_STAGES:
-                stage_task(f"{kind}@{name}")(f"{kind}@{name}", launch.project, env, runner, pull=pull)
-        except Exception as exc:  # one variant failing must not stop the others
-            outcomes[name] = f"failed: {exc}"
-            logger.error("%s failed: %s", name, exc)
-        else:
-            outcomes[name] = "completed"
+    concurrent.train_and_score(launch, names, env, runner, outcomes, pull)
 
     if not launch.complete:
         total = len(read_study(launch.change.after).runs)
@@ -261,6 +254,7 @@ def run_ablation(
     fan_out: bool = False,
     parent_run_id: str | None = None,
     children: fanout.Children | None = None,
+    jobs: int | None = None,
 ) -> dict[str, Any]:
     """The body of the `cyclegan` flow (separate so tests can run it with a fake `runner` and
     `children`)."""
@@ -271,11 +265,17 @@ def run_ablation(
     key = launch_label(ablation_key, run_info["id"])
     normalized = normalize_overrides(overrides)
     part_of_a_fan_out = fan_out or bool(parent_run_id)
-    slots = ensure_concurrency_limit(GPU_TAG, gpu_slots, create=not part_of_a_fan_out)
+    gpus = visible_gpus()
+    per_machine = concurrent.default_jobs(sys.maxsize, None, gpus) if gpus else 1
+    slots = ensure_concurrency_limit(
+        GPU_TAG, gpu_slots, create=not part_of_a_fan_out, default_slots=per_machine
+    )
     get_run_logger().info("tag concurrency limit %r: %s", GPU_TAG, f"{slots} slot(s)" if slots else "none")
 
     with workspace.workspace_lock(project, run_info):
         launch = _prepare(project, normalized, (variants, seeds), runner, run_info, key, parent_run_id)
+        threads = concurrent.project_threads(launch.change.after)
+        launch.jobs = concurrent.resolve_jobs(jobs, len(launch.pairs), threads, gpus)
         if not fan_out:
             outcomes, report, status = _in_workspace(launch, runner, push)
     if fan_out:
@@ -386,9 +386,10 @@ def cyclegan(
     seeds: list[int] | None = None,
     fan_out: bool = False,
     parent_run_id: str | None = None,
+    jobs: int | None = None,
 ) -> dict[str, Any]:
-    """Run the ablation: download, split, judge, bounds once; train, translate, evaluate per (variant,
-    seed); the report.
+    """Run the ablation: download, split, judge, bounds once; train every (variant, seed), `jobs` at a
+    time; translate and evaluate each; the report.
 
     Args:
         variants: which `variants:` of params.yaml to run (default: all; [] runs only the shared
@@ -407,6 +408,8 @@ def cyclegan(
         fan_out: start the shared stages, then every selected (variant, seed), as child flow runs of
             cyclegan/ablation on its work pool; wait; then collect them here from the DVC remote.
         parent_run_id: the MLflow parent run to nest under (a fan-out passes its own to its children).
+        jobs: runs trained at once in this workspace (default: what the machine holds, see
+            `pipeline.orchestration.concurrent`; also CYCLEGAN_JOBS).
     """
     return run_ablation(
         variants,
@@ -418,4 +421,5 @@ def cyclegan(
         seeds=seeds,
         fan_out=fan_out,
         parent_run_id=parent_run_id,
+        jobs=jobs,
     )

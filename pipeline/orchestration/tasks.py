@@ -57,9 +57,10 @@ def push_run_cache(project_dir: Path, env: Mapping[str, str], runner: StageRunne
 
 
 def stage_task(stage: str):
-    """`run_stage` named and tagged for `stage` (``train@cyclegan`` -> task ``train``, tags dvc, gpu)."""
+    """`run_stage` named and tagged for `stage` (``train@cyclegan-0`` -> task ``train``, tags dvc, and gpu
+    on a machine with one: the GPU limit counts GPU stages, and a CPU machine's have nothing to share)."""
     kind = stage.split("@", 1)[0]
-    tags = {DVC_TAG, GPU_TAG} if kind in GPU_STAGES else {DVC_TAG}
+    tags = {DVC_TAG, GPU_TAG} if kind in GPU_STAGES and visible_gpus() else {DVC_TAG}
     options: dict[str, Any] = {"name": kind, "tags": tags}
     if kind == "download":
         # The stage retries transient HTTP errors itself; this covers a longer outage of the mirror.
@@ -84,12 +85,13 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def ensure_concurrency_limit(tag: str, slots: int | None, create: bool = True) -> int:
+def ensure_concurrency_limit(tag: str, slots: int | None, create: bool = True, default_slots: int = 1) -> int:
     """Make sure a tag concurrency limit exists for `tag`; returns the limit in force (0: none).
 
     With `slots` None an existing limit is left as the team set it and a missing one is created with
-    one slot per visible GPU (at least 1), unless `create` is False: a run that is part of a fan-out
-    sees only its own machine's GPUs, not the team's. An explicit `slots` sets the limit.
+    `default_slots` (the runs this machine trains at once on its GPUs), unless `create` is False: a run
+    that is part of a fan-out sees only its own machine's GPUs, not the team's. An explicit `slots` sets
+    the limit.
     """
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
@@ -101,7 +103,7 @@ def ensure_concurrency_limit(tag: str, slots: int | None, create: bool = True) -
             except ObjectNotFound:
                 if not create:
                     return 0
-                slots = max(1, visible_gpus())
+                slots = max(1, default_slots)
         if slots < 1:
             raise PipelineError(f"gpu_slots must be >= 1, got {slots}")
         client.create_concurrency_limit(tag=tag, concurrency_limit=slots)  # an upsert on the server

@@ -27,6 +27,7 @@ DIGEST_TAG = "cyclegan.training_digest"
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log-batch limits
 MAX_METRICS_PER_BATCH = 1000
 RETRY_OFFLINE_S = 30.0  # how often a RunLogger whose store went away tries it again
+SYSTEM_METRICS_INTERVAL_S = 10.0  # MLflow's own default sampling interval
 
 
 def start_run(
@@ -209,6 +210,9 @@ def log_generators(run_id: str, nets: Mapping[str, Any], image_size: int) -> Non
                 input_example=example,
                 pip_requirements=requirements,  # not inferred: that would import and run the model again
                 code_paths=[str(Path(pipeline.__file__).parent)],
+                # Pickled with its code: any batch and image size loads and runs. MLflow's default, a
+                # torch.export graph, fixes the example's batch of 1, and tracing it took 6 s a network.
+                serialization_format="pickle",
             )
 
 
@@ -226,3 +230,23 @@ def find_training_run(experiment: str, digest: str) -> str | None:
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
+
+
+def system_metrics(run_id: str, resumed: bool, say) -> Any:
+    """MLflow's system metrics monitor (``system/cpu_utilization_percentage``, memory, disk, network,
+    ``system/gpu_*`` through NVML on a GPU), started for `run_id`; None when it cannot start (a record:
+    never a reason not to train). A resumed run continues its steps."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(
+            run_id,
+            sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+            resume_logging=resumed,
+            tracking_uri=tracking_uri(),
+        )
+        monitor.start()
+        return monitor
+    except Exception as exc:
+        say(f"MLflow system metrics are off for this run ({type(exc).__name__}: {exc})")
+        return None

@@ -89,9 +89,23 @@ def check_store(timeout_s: float = 5.0) -> None:
             ) from None
         return
     if scheme == "sqlite":
-        folder = Path(unquote(urlparse(uri).path[1:])).parent
+        database = Path(unquote(urlparse(uri).path[1:]))
+        folder = database.parent
         if not os.access(folder if folder.exists() else folder.parent, os.W_OK):
             raise PipelineError(f"cannot write the MLflow store {uri}: the folder is not writable")
+        _create_tables_once(database)
+
+
+def _create_tables_once(database: Path) -> None:
+    """Create (or migrate) a SQLite store's tables, one process at a time: runs started together on a
+    fresh `mlflow.db` would otherwise each run MLflow's schema migration, and all but one fail on it
+    (``duplicate column name``)."""
+    import fcntl
+
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(f".{database.name}.init.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, however this process ends
+        client().search_experiments(max_results=1)
 
 
 def _local_artifact_root(uri: str) -> str | None:

@@ -1,5 +1,7 @@
 """A training run's record in MLflow (`TrainRecorder`): one run per (variant, seed), nested under its
-launch's parent, with its params, tags, losses, per-epoch sample grids, and G and F as MLflow models.
+launch's parent, with its params, tags, losses, per-epoch sample grids, G and F as MLflow models, and
+MLflow's system metrics (CPU, memory, disk, network, and GPU use where there is one, every
+`runs.SYSTEM_METRICS_INTERVAL_S`): runs trained side by side show how busy they kept the machine.
 
 The train stage's entry point builds it and hands it to `pipeline.cyclegan.loop.train_variant`, which
 never imports this module: nothing here can change a checkpoint or a loss curve.
@@ -34,6 +36,7 @@ class TrainRecorder(Recorder):
         self.say = say
         self.run_id: str | None = None
         self.logger: runs.RunLogger | None = None
+        self.system: Any = None  # MLflow's system metrics monitor of the run
 
     def check(self) -> None:
         check_store()
@@ -58,6 +61,7 @@ class TrainRecorder(Recorder):
             self.logger.call("log_dataset", "cityscapes-split", data_version, source)
         # A resumed run may go further (max_steps): its digest is the one its finished checkpoint will have.
         self.logger.call("set_tags", {runs.DIGEST_TAG: facts["digest"]})
+        self.system = runs.system_metrics(self.run_id, resumed=previous == self.run_id, say=self.say)
 
     def _new_run(self, facts: Mapping[str, Any]) -> tuple[str, str | None]:
         """A new run under the launch's parent; returns it and the split's DVC md5."""
@@ -95,6 +99,8 @@ class TrainRecorder(Recorder):
             self.logger.call("log_generators", nets, image_size)
 
     def end(self, status: str) -> None:
+        if self.system is not None:
+            self.system.finish()  # its last samples, before the run ends
         if self.logger is not None:
             self.logger.call("end_run", status)
             self.logger.flush()

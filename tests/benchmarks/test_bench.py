@@ -8,6 +8,9 @@ import torch
 
 from benchmarks.bench import TINY, BenchConfig, count_flops_per_pair, main, make_tiny_split, run_bench
 
+pytestmark = pytest.mark.slow  # the benchmark itself
+
+
 HEADLINE_KEYS = {
     "device",
     "torch",

@@ -16,6 +16,9 @@ from pipeline.cyclegan.losses import LossSwitches
 from pipeline.cyclegan.step import build_trainer, make_steps
 from pipeline.data.domains import UnpairedSampler
 
+pytestmark = pytest.mark.slow  # concurrent training processes
+
+
 SEEDS = (0, 1)
 STEPS = 5
 # The DDP test's size (tests/cyclegan/test_distributed.py); a pool of 2 fills in two steps and then

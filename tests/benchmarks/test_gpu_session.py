@@ -15,6 +15,8 @@ from pipeline.core.config import PROJECT_ROOT
 from pipeline.data.domains import load_domain
 from pipeline.data.manifest import read_manifest
 
+pytestmark = pytest.mark.slow  # the GPU session's CPU rehearsal
+
 
 @pytest.fixture(scope="module")
 def tiny_pack(tmp_path_factory):

@@ -122,6 +122,7 @@ def test_download_of_an_archive_holding_a_decompression_bomb(tmp_path):
     assert not (tmp_path / "raw").exists()
 
 
+@pytest.mark.slow
 def test_train_against_an_unreachable_tracking_server_is_one_line_without_its_credentials(tmp_path):
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
@@ -151,6 +152,7 @@ def test_train_against_an_unreachable_tracking_server_is_one_line_without_its_cr
     assert "s3cret" not in result.stderr + result.stdout and "token=abc" not in result.stderr + result.stdout
 
 
+@pytest.mark.slow
 def test_the_cyclegan_command_is_one_line_too(tmp_path):
     (tmp_path / "in").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "in" / "a.png")

@@ -48,6 +48,7 @@ def test_every_bar_in_the_pipeline_comes_from_the_factory():
     assert offenders == [], f"tqdm used directly (use pipeline.core.progress.progress): {offenders}"
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("private_tracking_store")
 def test_a_stage_writing_to_a_log_refreshes_its_bar_rarely(tmp_path):
     split = make_split(tmp_path / "split")

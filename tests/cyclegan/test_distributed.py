@@ -16,6 +16,9 @@ from pipeline.tracking.train import TrainRecorder
 from tests.factories import TINY_TRAIN as TINY
 from tests.factories import make_split, train_run, write_params
 
+pytestmark = pytest.mark.slow  # torchrun with two processes
+
+
 LOSSES = (
     "loss_G",
     "loss_G_adv",

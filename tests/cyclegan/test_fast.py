@@ -75,6 +75,7 @@ def test_channels_last_stays_within_1e_5(split_dir):
     assert max_relative_difference(plain, fast) <= 1e-5
 
 
+@pytest.mark.slow
 def test_bf16_fast_path_stays_within_1e_2(tmp_path, monkeypatch):
     # 64 px, not the 24 px of the other tests: there the PatchGAN's last instance norms normalise 2x2
     # maps and amplify bf16 rounding (measured: up to 24 % by step 5); at 64 px they are 6x6 (0.7 %),
@@ -91,6 +92,7 @@ def test_bf16_fast_path_stays_within_1e_2(tmp_path, monkeypatch):
     assert 0 < max_relative_difference(plain, fast) <= 1e-2
 
 
+@pytest.mark.slow
 def test_compiled_networks_match_and_one_compile_serves_every_variant(split_dir):
     from torch._dynamo.utils import counters
 
@@ -201,6 +203,7 @@ def test_nan_on_the_fast_path_names_the_step_even_when_read_later(split_dir, tmp
         train_run(split_dir, tmp_path / "m", "cyclegan", LossSwitches(), cfg)
 
 
+@pytest.mark.slow
 def test_fast_resume_after_sigkill_is_bit_identical(split_dir, tmp_path):
     cfg = dataclasses.replace(BASE, fast=True, max_steps=12, checkpoint_every=6, log_every=2)
     params = write_params(tmp_path / "params.yaml", cfg, {"cyclegan": LossSwitches()})

@@ -191,6 +191,7 @@ def assert_same_checkpoint(a: object, b: object, where: str = "checkpoint") -> N
 STAGE = "import sys, stages.train as stage; sys.exit(stage.main(sys.argv[1:]))"
 
 
+@pytest.mark.slow
 def test_two_identical_runs_give_identical_checkpoints_rng_states_included(split_dir, tmp_path):
     cfg = dataclasses.replace(TINY, max_steps=12)
     params = write_params(tmp_path / "params.yaml", cfg, {"cyclegan": LossSwitches()})
@@ -202,6 +203,7 @@ def test_two_identical_runs_give_identical_checkpoints_rng_states_included(split
     assert_same_checkpoint(first, second)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(split_dir, tmp_path):
     cfg = dataclasses.replace(TINY, max_steps=20)
     params = write_params(tmp_path / "params.yaml", cfg, {"cyclegan": LossSwitches()})
@@ -233,6 +235,7 @@ def test_resume_after_sigkill_is_bit_identical(split_dir, tmp_path):
     assert mlflow.MlflowClient().get_run(run_id).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_a_resume_folder_outside_the_output_survives_dvc_removing_it(split_dir, tmp_path):
     # The output is not `persist` (DVC's run cache can restore it), so DVC deletes it before rerunning
     # the stage; the unfinished checkpoints live in the resume folder, which DVC leaves alone.
@@ -256,6 +259,7 @@ def test_a_resume_folder_outside_the_output_survives_dvc_removing_it(split_dir, 
     assert train_main(args) == 0  # finished: nothing to do, whichever folder DVC left
 
 
+@pytest.mark.slow
 def test_a_kill_during_torch_save_leaves_nothing_inside_the_output_folder(split_dir, tmp_path):
     cfg = dataclasses.replace(TINY, max_steps=20)
     params = write_params(tmp_path / "params.yaml", cfg, {"cyclegan": LossSwitches()})
@@ -273,6 +277,7 @@ def test_a_kill_during_torch_save_leaves_nothing_inside_the_output_folder(split_
     assert [p.name for p in out.iterdir()] == ["checkpoint.pt"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(split_dir, tmp_path):
     params = write_params(
         tmp_path / "params.yaml", dataclasses.replace(TINY, max_steps=10), {"cyclegan": LossSwitches()}
@@ -298,6 +303,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(split_dir, tm
     ]  # and no temp file anywhere
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_143(split_dir, tmp_path):
     cfg = dataclasses.replace(TINY, max_steps=20)
     params = write_params(tmp_path / "params.yaml", cfg, {"cyclegan": LossSwitches()})

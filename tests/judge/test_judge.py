@@ -92,6 +92,7 @@ def test_train_writes_checkpoint_and_scores(split_dir, tmp_path):
     assert judge.segment(torch.zeros((2, SIZE, SIZE, 3), dtype=torch.uint8)).shape == (2, SIZE, SIZE)
 
 
+@pytest.mark.slow
 def test_judge_learns_a_colour_coded_split(split_dir, tmp_path):
     # Road and sky differ by colour: a working judge gets nearly every val pixel right; a broken
     # loss, label handling or flip (photo flipped, mask not) does not.

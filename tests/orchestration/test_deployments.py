@@ -14,6 +14,9 @@ from pipeline.core.errors import PipelineError
 from pipeline.orchestration import flows
 from pipeline.orchestration.tasks import check_worker_env
 
+pytestmark = pytest.mark.slow  # real Prefect deployments
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

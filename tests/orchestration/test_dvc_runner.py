@@ -19,6 +19,9 @@ import pytest
 from pipeline.orchestration import guard
 from pipeline.orchestration.dvc_runner import dvc_command
 
+pytestmark = pytest.mark.slow  # real DVC commands under the guard, in processes
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # A stage that prints nothing while it works: in the old set-up it outlived a dead flow run until it

@@ -15,6 +15,9 @@ from pipeline.orchestration.fanout import SHARED, ChildResult, DeploymentChildre
 from pipeline.orchestration.flows import run_ablation
 from tests.orchestration.fakes import RecordingDvc, parent_run
 
+pytestmark = pytest.mark.slow  # real Prefect flows against a Prefect test server
+
+
 SEEDS = ["++seeds=[0,1]", "~variants.c"]  # the study: variants a and b, seeds 0 and 1
 RUNS = [f"{v}-{s}" for v in "ab" for s in (0, 1)]
 VARIANT_KINDS = ("train", "translate", "evaluate")

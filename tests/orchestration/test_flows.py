@@ -30,6 +30,9 @@ from tests.orchestration.fakes import PARAMS, RecordingDvc, parent_run
 # --- overrides -----------------------------------------------------------------------------------------
 
 
+pytestmark = pytest.mark.slow  # real Prefect flows against a Prefect test server
+
+
 def test_normalize_overrides_accepts_list_and_mapping():
     assert normalize_overrides(None) == []
     assert normalize_overrides(" train.max_steps=5 ") == ["train.max_steps=5"]

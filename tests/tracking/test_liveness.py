@@ -16,7 +16,10 @@ from stages.train import main as train_main
 from tests.factories import TINY_TRAIN as TINY
 from tests.factories import make_split, run_child, write_params
 
-pytestmark = pytest.mark.usefixtures("private_tracking_store")
+pytestmark = [
+    pytest.mark.usefixtures("private_tracking_store"),
+    pytest.mark.slow,
+]  # training stages in real processes, killed
 
 VARIANTS = {"cyclegan": LossSwitches(), "gan_only": LossSwitches(cycle_forward=False, cycle_backward=False)}
 

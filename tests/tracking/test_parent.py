@@ -68,6 +68,7 @@ print(open_parent("test-race", sys.argv[2]))
 """
 
 
+@pytest.mark.slow
 def test_concurrent_processes_opening_one_key_end_with_exactly_one_parent(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     client().search_experiments()  # the store's tables exist before the race

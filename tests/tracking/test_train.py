@@ -42,7 +42,9 @@ def recorder_for(cfg, variants=("cyclegan",)) -> TrainRecorder:
     return TrainRecorder(params, say=print)
 
 
-def test_variant_run_describes_itself_and_holds_models_not_the_checkpoint(split_dir, tmp_path):
+@pytest.mark.slow
+def test_variant_run_describes_itself_and_holds_models_not_the_checkpoint(split_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # a tiny run lasts seconds
     cfg = dataclasses.replace(TINY, max_steps=12, experiment="test-tracking")
     recorder = recorder_for(cfg)
     train_run(split_dir, tmp_path / "m", "cyclegan", LossSwitches(), cfg, recorder=recorder)
@@ -70,6 +72,10 @@ def test_variant_run_describes_itself_and_holds_models_not_the_checkpoint(split_
         history = client().get_metric_history(run.info.run_id, f"train/{name}")
         assert [m.step for m in history] == [5, 10, 12], name
     assert not any(key.startswith("train/loss_idt") for key in run.data.metrics)
+    # MLflow's system metrics: how busy the run kept the machine (GPU use too, where there is one).
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_percentage"} <= set(
+        run.data.metrics
+    )
     # The per-epoch grids are stepped images (steps 6 and 12), not loose files; no checkpoint copy.
     images = {a.path for a in client().list_artifacts(run.info.run_id, "images")}
     grid_steps = {path.split("+step+")[1].split("+")[0] for path in images if "samples~grid" in path}
@@ -113,6 +119,7 @@ def test_cycle_only_logs_no_discriminator_losses(split_dir, tmp_path):
     assert not [k for k in metrics if "loss_D" in k or "adv" in k]
 
 
+@pytest.mark.slow
 def test_crash_ends_failed_and_signal_ends_killed_then_resume_reuses_the_run(split_dir, tmp_path):
     cfg = dataclasses.replace(TINY, max_steps=8, experiment="test-tracking")
 
