@@ -129,8 +129,10 @@ def params_with(params: Path, steps: int | None, into: Path) -> Path:
     return into
 
 
-def compare(params: Path, split: Path, jobs: int | None, steps: int | None, work: Path) -> dict[str, Any]:
-    """Part 1: the runs one after another, then `jobs` at a time."""
+def compare(
+    params: Path, split: Path, jobs: int | None, steps: int | None, work: Path, sequential: bool = True
+) -> dict[str, Any]:
+    """The runs one after another (unless not `sequential`), then `jobs` at a time."""
     import yaml
 
     from pipeline.core.study import read_study
@@ -143,22 +145,20 @@ def compare(params: Path, split: Path, jobs: int | None, steps: int | None, work
     env.pop("CYCLEGAN_PARENT_RUN_ID", None)
     bench_params = params_with(params, steps, work / "params.yaml")
     print(f"{len(runs)} runs ({', '.join(runs)}), {steps or 'all'} steps each", flush=True)
-    one = train_runs(runs, 1, bench_params, split, work / "sequential", env)
-    print(f"one after another: {one.wall_s:.1f} s, CPU {one.cpu_percent:.0f} %", flush=True)
+    figures: dict[str, Any] = {"runs": runs, "steps": steps, "jobs": jobs}
+    if sequential:
+        one = train_runs(runs, 1, bench_params, split, work / "sequential", env)
+        print(f"one after another: {one.wall_s:.1f} s, CPU {one.cpu_percent:.0f} %", flush=True)
+        figures["sequential"] = dataclasses.asdict(one)
     many = train_runs(runs, jobs, bench_params, split, work / "concurrent", env)
     print(f"{jobs} at a time:      {many.wall_s:.1f} s, CPU {many.cpu_percent:.0f} %", flush=True)
-    same = one.digests == many.digests and not one.failed and not many.failed
-    ratio = many.wall_s / one.wall_s
-    print(f"concurrent / sequential: {ratio:.2f}; outputs byte-identical: {same}", flush=True)
-    return {
-        "runs": runs,
-        "steps": steps,
-        "jobs": jobs,
-        "sequential": dataclasses.asdict(one),
-        "concurrent": dataclasses.asdict(many),
-        "ratio": round(ratio, 3),
-        "byte_identical": same,
-    }
+    figures["concurrent"] = dataclasses.asdict(many)
+    if sequential:
+        same = one.digests == many.digests and not one.failed and not many.failed
+        ratio = many.wall_s / one.wall_s
+        print(f"concurrent / sequential: {ratio:.2f}; outputs byte-identical: {same}", flush=True)
+        figures.update(ratio=round(ratio, 3), byte_identical=same)
+    return figures
 
 
 def fixed_costs(split: Path, steps: int, work: Path) -> dict[str, float]:
@@ -228,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fixed-steps", type=int, default=20, help="steps of the fixed-cost run")
     parser.add_argument("--tiny", action="store_true", help="a generated split and tiny runs (CI)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument(
+        "--concurrent-only", action="store_true", help="skip the fixed costs and the one-after-another runs"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ablation-bench-") as tmp:
         work = Path(tmp)
@@ -250,12 +253,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
         figures: dict[str, Any] = {}
-        if not args.tiny:  # first: its imports are timed in a process that has imported nothing yet
+        if not args.tiny and not args.concurrent_only:  # first: its imports are timed in a fresh process
             figures["fixed_costs_s"] = fixed_costs(split, args.fixed_steps, work)
             print(f"a run's parts besides its steps ({args.fixed_steps} steps of cyclegan):")
             for name, seconds in figures["fixed_costs_s"].items():
                 print(f"  {name:40s} {seconds:7.2f} s", flush=True)
-        figures["compare"] = compare(params, split, args.jobs, steps, work)
+        figures["compare"] = compare(params, split, args.jobs, steps, work, not args.concurrent_only)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

@@ -159,3 +159,14 @@ def test_a_dead_reference_is_caught(tmp_path, monkeypatch, text):
         module.unlink()
         _project_modules.cache_clear()
         _top_level_names.cache_clear()
+
+
+def test_the_readme_layout_table_matches_the_tree():
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Layout") :]
+    listed = set(re.findall(r"^\| `((?:pipeline|benchmarks)/[\w/]+\.py)`", table, re.MULTILINE))
+    modules = {
+        p.relative_to(ROOT).as_posix() for p in code_files(ROOT / "pipeline") if p.name != "__init__.py"
+    }
+    assert not {path for path in listed if not (ROOT / path).is_file()}, "listed but gone"
+    assert modules - listed == set(), "modules missing from README's layout table"
