@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import os
 import shutil
@@ -38,11 +37,36 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.gpu_session_phases import run_ablation, run_evaluation_phase
+from benchmarks.gpu_session_plan import (
+    SAFETY,
+    VARIANT_ORDER,
+    VARIANT_OVERHEAD_S,
+    choose_mode,
+    plan_ablation,
+    train_config,
+)
 from pipeline.core.config import PROJECT_ROOT
 
-VARIANT_ORDER = ("cyclegan", "gan_forward", "gan_backward", "gan_only", "cycle_only")
-SAFETY = 0.85  # share of the measured rate the plan counts on (variants differ; epoch ends; saves)
-VARIANT_OVERHEAD_S = 10.0  # per variant: decode the domains, build, warm up, capture, final checkpoint
+# The public names, wherever they are defined: callers import them from this module.
+__all__ = [
+    "CONCURRENT_BUDGET_S",
+    "EVAL_RESERVE_S",
+    "SAFETY",
+    "VARIANT_ORDER",
+    "VARIANT_OVERHEAD_S",
+    "Session",
+    "choose_mode",
+    "main",
+    "make_tiny_pack",
+    "measure_concurrent",
+    "plan_ablation",
+    "run_ablation",
+    "run_evaluation_phase",
+    "run_session",
+    "train_config",
+]
+
 EVAL_RESERVE_S = 90.0  # translate + evaluate 5 x 1000 images, the report, packing the outputs
 CONCURRENT_BUDGET_S = 60.0  # benchmarks.concurrent: no (design, N) measurement starts after this
 
@@ -150,185 +174,6 @@ def make_tiny_pack(work: Path) -> Path:
         site=False,
     )
     return return_dir
-
-
-# --- the plan --------------------------------------------------------------------------------------
-
-
-def choose_mode(bench: dict[str, Any], batch: int) -> dict[str, Any] | None:
-    """The fastest fast-path mode the benchmark measured at `batch` (None if none ran)."""
-    candidates = [
-        m for m in bench.get("modes", []) if m.get("fast") and m.get("batch") == batch and "pairs_per_s" in m
-    ]
-    return max(candidates, key=lambda m: m["pairs_per_s"], default=None)
-
-
-def plan_ablation(
-    bench: dict[str, Any],
-    batch: int,
-    seconds: float,
-    pairs_per_epoch: int,
-    max_epochs: int | None = None,
-) -> dict[str, Any]:
-    """How long the ablation can train: epochs (or steps) for each of the five variants.
-
-    `seconds` is the wall time left for training all five. The measured rate of the chosen mode is the
-    `cyclegan` variant's (every term on, the slowest); the others are faster, so this errs short.
-    """
-    mode = choose_mode(bench, batch)
-    if mode is None:
-        return {"feasible": False, "reason": f"the benchmark measured no fast-path mode at batch {batch}"}
-    compile_s = (mode.get("first_step_s") or 0.0) if mode.get("compile") else 0.0
-    train_s = seconds - len(VARIANT_ORDER) * VARIANT_OVERHEAD_S - compile_s
-    pairs = max(0.0, train_s) * mode["pairs_per_s"] * SAFETY / len(VARIANT_ORDER)
-    epochs = int(pairs // pairs_per_epoch)
-    if max_epochs is not None:
-        epochs = min(epochs, max_epochs)
-    plan = {
-        "feasible": True,
-        "mode": mode["key"],
-        "batch": batch,
-        "compile": bool(mode.get("compile")),
-        "cuda_graphs": bool(mode.get("graphs")),
-        "rate_pairs_per_s": mode["pairs_per_s"],
-        "seconds_for_training": round(train_s, 1),
-        "pairs_per_variant": int(pairs),
-        "pairs_per_epoch": pairs_per_epoch,
-    }
-    if epochs >= 1:
-        plan.update(epochs=epochs, epochs_constant=-(-epochs // 2), epochs_decay=epochs // 2, max_steps=None)
-    else:
-        steps = int(pairs // batch)
-        if steps < 1:
-            return {**plan, "feasible": False, "reason": f"no time left to train ({train_s:.0f} s)"}
-        plan.update(epochs=pairs / pairs_per_epoch, epochs_constant=1, epochs_decay=0, max_steps=steps)
-    return plan
-
-
-def train_config(plan: dict[str, Any], tiny: bool, image_size: int):
-    """The paper's settings at `image_size`, stored without crop jitter, with the planned length."""
-    from pipeline.cyclegan.config import TrainConfig
-
-    size = {"ngf": 8, "ndf": 8, "n_blocks": 1} if tiny else {"ngf": 64, "ndf": 64, "n_blocks": 6}
-    return TrainConfig(
-        seed=0,
-        device="auto",
-        bf16=True,
-        fast=True,
-        channels_last=True,
-        compile=plan["compile"],
-        cuda_graphs=plan["cuda_graphs"],
-        load_size=image_size,
-        crop_size=image_size,
-        batch_size=plan["batch"],
-        **size,
-        epochs_constant=plan["epochs_constant"],
-        epochs_decay=plan["epochs_decay"],
-        max_steps=plan["max_steps"],
-        checkpoint_every=10**9,  # one checkpoint, at the end (a killed variant is reported missing)
-        log_every=10 if tiny else 100,
-        experiment="cyclegan-gpu-session",
-    )
-
-
-# --- phases run in child processes ------------------------------------------------------------------
-
-
-def run_ablation(plan_path: Path) -> int:
-    """Train the planned variants in order, in this one process; times into ablation_times.json."""
-    import torch
-
-    from pipeline.core.config import from_mapping, read_params
-    from pipeline.core.study import read_variants
-    from pipeline.cyclegan.config import TrainConfig
-    from pipeline.cyclegan.loop import TrainingRun, train_variant
-    from pipeline.cyclegan.losses import LossSwitches
-
-    plan = json.loads(plan_path.read_text())
-    work = plan_path.parent
-    cfg = TrainConfig(**plan["train"])
-    variants = read_variants(read_params(PROJECT_ROOT / "params.yaml"))
-    times: dict[str, float] = {}
-    for name in VARIANT_ORDER:
-        switches = from_mapping(LossSwitches, variants[name], f"variants.{name}")
-        started = time.monotonic()
-        run = TrainingRun(
-            name,
-            switches,
-            cfg,
-            Path(plan["split"]),
-            work / "models" / name,
-            curves=work / "plots" / "train" / f"{name}-{cfg.seed}.csv",
-        )
-        train_variant(run)  # recorded by nothing: this session has no MLflow store
-        times[name] = round(time.monotonic() - started, 1)
-        (work / "ablation_times.json").write_text(json.dumps(times, indent=2))
-        print(f"ablation: {name} trained in {times[name]} s", flush=True)
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    return 0
-
-
-def run_evaluation_phase(plan_path: Path) -> int:
-    """Translate and score every finished variant, the floor and ceiling, then the report."""
-    import pipeline.scoring.fid
-    from pipeline.core.config import from_mapping, load_section
-    from pipeline.cyclegan.checkpoint import load_checkpoint
-    from pipeline.cyclegan.translate import TranslateConfig, translate_val
-    from pipeline.report.build import ReportConfig, build_report
-    from pipeline.report.paper import PAPER_ORDER
-    from pipeline.scoring.bounds import BoundsConfig, run_bounds
-    from pipeline.scoring.evaluate import EvaluateConfig, run_evaluation
-
-    # No Inception weights travel and nothing outside the machine answers: fail fast, not 60 s a try.
-    pipeline.scoring.fid.DOWNLOAD_TIMEOUT_S = 3.0
-    plan = json.loads(plan_path.read_text())
-    work, params = plan_path.parent, PROJECT_ROOT / "params.yaml"
-    translate_cfg = load_section(params, "translate", TranslateConfig)
-    evaluate_cfg = load_section(params, "evaluate", EvaluateConfig)
-    seed = plan["train"].get("seed", 0)
-    done = []
-    for name in VARIANT_ORDER:
-        checkpoint = work / "models" / name / "checkpoint.pt"
-        if not checkpoint.is_file() or not load_checkpoint(checkpoint).get("finished"):
-            print(f"evaluate: {name} has no finished checkpoint: left out of the report", flush=True)
-            continue
-        run = f"{name}-{seed}"
-        translate_val(checkpoint, plan["split"], work / "translations" / run, translate_cfg)
-        run_evaluation(
-            name,
-            work / "translations" / run,
-            plan["split"],
-            plan["judge"],
-            work / "metrics" / f"{run}.json",
-            evaluate_cfg,
-            checkpoint=checkpoint,
-            confusion_npz=work / "confusion" / f"{run}.npz",
-        )
-        done.append(name)
-        print(f"evaluate: {name} scored", flush=True)
-    if not done:
-        print("evaluate: nothing to report", flush=True)
-        return 1
-    bounds = work / "metrics" / "bounds.json"
-    bounds_cfg = from_mapping(
-        BoundsConfig, {"batch_size": evaluate_cfg.batch_size, "device": evaluate_cfg.device}, "evaluate"
-    )
-    run_bounds(plan["split"], plan["judge"], bounds, work / "confusion" / "bounds.npz", bounds_cfg)
-    build_report(
-        [name for name in PAPER_ORDER if name in done],
-        [seed],
-        work / "metrics",
-        work / "confusion",
-        bounds,
-        work / "translations",
-        plan["split"],
-        work / "plots" / "train",
-        work / "reports",
-        load_section(params, "report", ReportConfig),
-    )
-    return 0
 
 
 # --- the session ------------------------------------------------------------------------------------
