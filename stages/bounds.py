@@ -1,4 +1,5 @@
-"""DVC stage `bounds`: the floor and the ceiling of every FCN score (see `pipeline.scoring.bounds`)."""
+"""DVC stage `bounds`: the floor of every score, and the ceiling of the FCN scores (see
+`pipeline.scoring.bounds`)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,7 @@ import argparse
 import time
 
 from pipeline.core.config import from_mapping, read_params
-from pipeline.core.directions import DIRECTIONS
 from pipeline.core.entry import run_main
-from pipeline.judge.metrics import SCORES
 from pipeline.scoring.bounds import BoundsConfig, run_bounds
 
 
@@ -23,15 +22,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         section = read_params(args.params).get("evaluate") or {}
-        keys = {field: section[field] for field in ("batch_size", "device") if field in section}
+        keys = {field: section[field] for field in ("batch_size", "device", "fid") if field in section}
         cfg = from_mapping(BoundsConfig, keys, "evaluate")
         start = time.perf_counter()
         result = run_bounds(args.split, args.judge, args.out, args.confusion, cfg)
         shown = "; ".join(
-            f"{bound} {direction} "
-            + "/".join(f"{result[f'{bound}/fcn/{direction}/{s}']:.3f}" for s in SCORES)
-            for bound in ("floor", "ceiling")
-            for direction in DIRECTIONS
+            f"{key} {value:.3f}"
+            for key, value in result.items()
+            if isinstance(value, float) and key.startswith(("floor/", "ceiling/"))
         )
         print(f"bounds: {shown} ({result['n_images']} images, {time.perf_counter() - start:.1f} s)")
         return 0

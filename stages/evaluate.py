@@ -6,7 +6,6 @@ import argparse
 import time
 
 from pipeline.core.config import read_params, section_of
-from pipeline.core.directions import DIRECTIONS
 from pipeline.core.entry import run_main
 from pipeline.judge.metrics import SCORES
 from pipeline.scoring.evaluate import EvaluateConfig, run_evaluation
@@ -16,6 +15,18 @@ from pipeline.tracking.parent import experiment_of
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def _shown(metrics: dict, direction: str) -> str:
+    """One direction's scores, those the dataset has: FCN (pixel/class acc, class IoU), SSIM, PSNR, FID."""
+    parts = [direction]
+    if f"fcn/{direction}/pixel_acc" in metrics:
+        parts.append("/".join(_fmt(metrics[f"fcn/{direction}/{s}"]) for s in SCORES))
+    for name in ("ssim", "psnr"):
+        if f"{name}/{direction}" in metrics:
+            parts.append(f"{name.upper()} {_fmt(metrics[f'{name}/{direction}'])}")
+    parts.append(f"FID {_fmt(metrics[f'fid/{direction}'])} KID {_fmt(metrics[f'kid/{direction}/mean'])}")
+    return " ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,12 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             confusion_npz=args.confusion,
             recorder=recorder,
         )
-        scores = "; ".join(
-            f"{direction} "
-            + "/".join(_fmt(metrics[f"fcn/{direction}/{s}"]) for s in SCORES)
-            + f" FID {_fmt(metrics[f'fid/{direction}'])}"
-            for direction in DIRECTIONS
-        )
+        scores = "; ".join(_shown(metrics, direction) for direction in metrics["test_images"])
         print(
             f"evaluate {args.variant}-{metrics.get('seed')}: {scores} ({metrics['n_images']} images, "
             f"{time.perf_counter() - start:.1f} s) -> {args.out}"

@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_section(args.params, "judge", JudgeConfig)
         scores = train_judge(args.split, args.out, cfg, args.resume_dir)
         write_json(args.metrics, scores)  # what the inputs decide, nothing else (no wall time)
+        if scores.get("available") is False:
+            print(f"judge: none ({scores['reason']}) -> {args.metrics}")
+            return 0
         print(
             f"judge: on {scores['n_images']} real val photos: "
             f"pixel acc {scores['fcn/real/pixel_acc']:.3f}, "

@@ -141,12 +141,14 @@ def scored(tmp_path, monkeypatch):
     """A translated val split, a colour judge and an offline FID: what evaluate needs, in a second."""
     from pipeline.data.labels import colorize
     from pipeline.scoring import evaluate as evaluate_module
-    from pipeline.scoring.fid import FidResult
+    from pipeline.scoring.fid import FidKidResult
     from tests.factories import make_checkpoint
     from tests.scoring.test_evaluate import ColourJudge, write_translations
 
     monkeypatch.setattr(evaluate_module, "load_judge", lambda path, device: ColourJudge())
-    monkeypatch.setattr(evaluate_module, "fid_between", lambda *a: FidResult(None, "offline"))
+    monkeypatch.setattr(
+        evaluate_module, "fid_kid_between", lambda *a: FidKidResult(None, None, None, None, "offline")
+    )
     split_dir = make_val_split(tmp_path / "split", n=3, size=16)
     translations = write_translations(tmp_path / "translations", split_dir, colorize, colorize)
     return split_dir, translations, make_checkpoint(tmp_path / "checkpoint.pt")
@@ -192,9 +194,11 @@ def test_neutral_data_keys_change_no_byte(pix2pix_archive, tmp_path):
     base = DataConfig(source=str(pix2pix_archive), expected_counts={"train": 12, "val": 4})
     download(base, tmp_path / "a" / "raw")
     reference = digests(tmp_path / "a" / "raw")
-    neutral = {key: other_value(getattr(base, key)) for key in DataConfig.OUTPUT_NEUTRAL_KEYS}
     # Validation keys must still describe the archive to pass: keep those, change the rest.
-    neutral.update(expected_counts=base.expected_counts, image_size=base.image_size)
+    validation = {"expected_counts": base.expected_counts, "image_size": (512, 256)}
+    neutral = {
+        key: validation.get(key) or other_value(getattr(base, key)) for key in DataConfig.OUTPUT_NEUTRAL_KEYS
+    }
     download(dataclasses.replace(base, **neutral), tmp_path / "b" / "raw")
     assert digests(tmp_path / "b" / "raw") == reference
 

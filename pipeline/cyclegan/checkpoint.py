@@ -38,9 +38,9 @@ from typing import Any
 import torch
 
 from pipeline.core.checkpoints import CHECKPOINT_NAME
-from pipeline.core.directions import GENERATOR
 from pipeline.core.errors import PipelineError
 from pipeline.cyclegan.models import GeneratorConfig, ResnetGenerator
+from pipeline.data.dataset import CITYSCAPES, directions_of
 
 __all__ = ["CHECKPOINT_NAME", "FORMAT", "load_checkpoint", "load_generators", "read_checkpoint"]
 FORMAT = 2
@@ -87,10 +87,22 @@ class LoadedGenerators:
     config: dict[str, Any]  # {"train": {...}, "switches": {...}}
     variant: str
     step: int
+    domains: dict[str, str]  # {"A": ..., "B": ...}: what the run was trained on
+
+    @property
+    def directions(self) -> tuple[str, str]:
+        """The directions of F and G, named by the domains the run was trained on (`directions_of`)."""
+        return directions_of(self.domains)
 
     def generator(self, direction: str) -> ResnetGenerator:
-        """The network that translates `direction` (``photo2label`` -> G, ``label2photo`` -> F)."""
-        return getattr(self, GENERATOR[direction])
+        """The network that translates `direction`: a direction's name (``label2photo`` -> F,
+        ``photo2label`` -> G for Cityscapes; ``zebra2horse`` -> F for horse2zebra), or ``F`` or ``G``."""
+        names = {self.directions[0]: "F", self.directions[1]: "G", "F": "F", "G": "G"}
+        if direction not in names:
+            raise PipelineError(
+                f"direction {direction!r} is not one of this checkpoint's: {', '.join(names)}"
+            )
+        return getattr(self, names[direction])
 
 
 def load_generators(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedGenerators:
@@ -109,4 +121,5 @@ def load_generators(path: str | os.PathLike, device: str | torch.device = "cpu")
         config=state["config"],
         variant=state["variant"],
         step=state["step"],
+        domains=dict(state.get("data", {}).get("domains") or CITYSCAPES["domains"]),
     )

@@ -6,16 +6,19 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from pipeline.core.errors import PipelineError
+from pipeline.data.dataset import read_split_info
 from pipeline.data.manifest import LABEL_SUBSET, PHOTO_SUBSET, SUMMARY, read_manifest, sorted_by_id
 
 
-def data_fingerprint(split_dir: Path) -> dict[str, str]:
+def data_fingerprint(split_dir: Path) -> dict[str, Any]:
     """What identifies the training data: `train_sha256`, a hash of the training domains' manifest rows
     and file bytes (about a second for the full split; val and evaluator files do not count), and the
-    split's `protocol` (disjoint halves or the paper's full domains). Both come from the split's files
-    alone, so a checkpoint holding them depends on nothing but the stage's deps."""
+    split's `protocol` (disjoint halves or the paper's full domains) and its two `domains` by name. All
+    come from the split's files alone, so a checkpoint holding them depends on nothing but the stage's
+    deps."""
     digest = hashlib.sha256()
     for subset in (PHOTO_SUBSET, LABEL_SUBSET):
         rows = sorted_by_id(read_manifest(split_dir, subset=subset))
@@ -30,6 +33,7 @@ def data_fingerprint(split_dir: Path) -> dict[str, str]:
     return {
         "train_sha256": digest.hexdigest(),
         "protocol": split_protocol(split_dir),
+        "domains": read_split_info(split_dir).domains,
     }
 
 

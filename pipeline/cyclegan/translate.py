@@ -1,7 +1,8 @@
-"""Run a variant's generators over images: G (photo -> label map) and F (label map -> photo).
+"""Run a variant's generators over images: G (domain A -> B; Cityscapes: photo -> label map) and F (B -> A).
 
-`translate_val` is the DVC stage's work: every val photo through G and every val label map through F,
-saved as PNG (JPEG artefacts would change the scores) under the val ids. `translate_folder` is the
+`translate_val` is the DVC stage's work: every test image of domain A through G and every one of
+domain B through F, saved as PNG (JPEG artefacts would change the scores) under their ids, in one
+folder per direction, named by the dataset's domains (`pipeline.data.dataset`). `translate_folder` is the
 user-facing `cyclegan translate`: any folder of images, either direction, optional resize.
 Both write into a staging folder and move the results into place only when all are complete.
 """
@@ -21,13 +22,13 @@ from PIL import Image
 
 from pipeline.core.config import check_range
 from pipeline.core.device import resolve_device
-from pipeline.core.directions import DIRECTIONS, Direction
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import publish_dir, publish_entries, staging_dir
 from pipeline.core.images import list_images as _list_images
 from pipeline.core.images import read_rgb, resize_to, save_png, stack_to_model, to_uint8
 from pipeline.core.progress import progress
 from pipeline.cyclegan.checkpoint import LoadedGenerators, load_generators
+from pipeline.data.dataset import read_split_info
 from pipeline.data.manifest import read_manifest
 
 # The generator halves the resolution twice: sides must be multiples of 4 (others are padded, then cropped).
@@ -139,21 +140,24 @@ def translate_val(
     out_dir: str | os.PathLike,
     cfg: TranslateConfig,
 ) -> dict[str, int]:
-    """G on every val photo and F on every val label map -> ``out_dir/{photo2label,label2photo}/<id>.png``.
+    """G on every test image of domain A and F on every one of domain B -> ``out_dir/<direction>/<id>.png``
+    (Cityscapes: ``photo2label/``, ``label2photo/``).
 
     Returns the number of images written per direction.
     """
     split_dir, out_dir = Path(split_dir), Path(out_dir)
     device = resolve_device(cfg.device, "translate.device")
     nets = load_translator(checkpoint, device)
-    inputs = {"label2photo": _val_files(split_dir, "label"), "photo2label": _val_files(split_dir, "photo")}
+    info = read_split_info(split_dir)
+    inputs = {d: _val_files(split_dir, info.source_kind(d)) for d in info.directions}
     counts: dict[str, int] = {}
     with staging_dir(out_dir) as tmp:
-        for direction in DIRECTIONS:
+        for direction in info.directions:
             (tmp / direction).mkdir()
             jobs = [(path, tmp / direction / f"{image_id}.png") for image_id, path in inputs[direction]]
+            net = getattr(nets, info.generator(direction))
             counts[direction] = _translate_files(
-                nets.generator(direction), jobs, device, cfg.batch_size, None, f"{nets.variant} {direction}"
+                net, jobs, device, cfg.batch_size, None, f"{nets.variant} {direction}"
             )
         publish_dir(tmp, out_dir)
     return counts
@@ -191,12 +195,13 @@ def translate_folder(
     checkpoint: str | os.PathLike,
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
-    direction: Direction,
+    direction: str,
     device: str = "auto",
     batch_size: int = 16,
     size: int | None = None,
 ) -> int:
-    """Translate every image in `input_dir` with the checkpoint's G (photo2label) or F (label2photo).
+    """Translate every image in `input_dir` with the checkpoint's G or F, named by `direction` (a direction
+    of the checkpoint's domains, e.g. ``photo2label`` -> G for Cityscapes, or ``G``/``F``).
 
     Writes ``output_dir/<stem>.png`` for each input (PNG whatever the input format), optionally
     resizing inputs to ``size x size`` first; returns the number written. Inputs are read as
@@ -205,8 +210,6 @@ def translate_folder(
     together. An output path that is a file, a folder that cannot be written, an unknown device or an
     unreadable image is a `PipelineError`, and then nothing is written.
     """
-    if direction not in DIRECTIONS:
-        raise PipelineError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
     if batch_size < 1:
         raise PipelineError(f"batch size must be >= 1, got {batch_size}")
     if size is not None and size < SIDE_MULTIPLE:

@@ -1,4 +1,4 @@
-"""The unpaired training data: street photos (domain A) and colour label maps (domain B).
+"""The unpaired training data: domain A (Cityscapes: street photos) and domain B (colour label maps).
 
 Both domains are decoded once into uint8 tensors held in memory (2975 images at 143x143 are 180 MB),
 so a training step does no file I/O; cropping, flipping and scaling to [-1, 1] are tensor ops that
@@ -25,6 +25,7 @@ from PIL import Image
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.images import read_rgb, to_model_range
+from pipeline.data.dataset import read_split_info
 from pipeline.data.manifest import LABEL_SUBSET, PHOTO_SUBSET, read_manifest, sorted_by_id
 
 __all__ = ["LABEL_SUBSET", "PHOTO_SUBSET", "TrainingDomains", "UnpairedSampler", "load_training_domains"]
@@ -56,14 +57,15 @@ def load_domain(
     """Decode one training domain to uint8 (N, 3, load_size, load_size); ids in numeric order.
 
     `max_images` keeps the first N ids (deterministic, so every variant sees the same subset). Images
-    stored at another size are resized: photos bicubic (antialiased by PIL), label maps nearest, which
-    keeps their colours exact.
+    stored at another size are resized: bicubic (antialiased by PIL), but Cityscapes label maps (domain
+    B of a split with classes, `pipeline.data.dataset`) nearest, which keeps their colours exact.
     """
     split_dir = Path(split_dir)
     rows = _read_subset(split_dir, subset)
     if max_images is not None:
         rows = rows.iloc[:max_images]
-    resample = Image.Resampling.NEAREST if subset == LABEL_SUBSET else Image.Resampling.BICUBIC
+    label_maps = subset == LABEL_SUBSET and read_split_info(split_dir).classes is not None
+    resample = Image.Resampling.NEAREST if label_maps else Image.Resampling.BICUBIC
     arrays = [
         read_rgb(split_dir / path, load_size, resample, "rerun the split stage") for path in rows["path"]
     ]

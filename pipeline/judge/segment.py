@@ -102,6 +102,8 @@ def load_judge(path: str | os.PathLike, device: str | torch.device = "cpu") -> J
     state = read_judge_checkpoint(path)
     if state is None:
         raise PipelineError(f"judge checkpoint {path} not found: run the judge stage (`dvc repro judge`)")
+    if state.get("none"):
+        raise PipelineError(f"{path} holds no judge: {state['none']}")
     if not state["finished"]:
         raise PipelineError(
             f"judge checkpoint {path} is unfinished (step {state['step']}/{state['total_steps']}): "

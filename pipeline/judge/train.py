@@ -39,6 +39,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.images import hwc_to_model, read_mask, read_rgb
 from pipeline.core.progress import progress
 from pipeline.core.signals import Interrupted, stop_requests
+from pipeline.data.dataset import dataset_record, no_judge_reason, read_split_info
 from pipeline.data.labels import CLASS_NAMES, VOID
 from pipeline.judge.metrics import segmentation_scores
 from pipeline.judge.model import FCN8s, FCNConfig, init_weights
@@ -157,6 +158,9 @@ def train_judge(
     """
     split_dir = Path(split_dir)
     files = CheckpointFiles.of(out_dir, resume_dir)
+    info = read_split_info(split_dir)
+    if not info.judged:
+        return no_judge(files, no_judge_reason(dataset_record(info.layout, info.domains, info.classes)))
     device = resolve_device(cfg.device, "judge.device")
 
     photo_paths, mask_paths = paired_paths(split_dir, "evaluator")
@@ -215,6 +219,14 @@ def train_judge(
         "train_images": len(photos),
         "steps": state["step"],
     }
+
+
+def no_judge(files: CheckpointFiles, reason: str) -> dict[str, Any]:
+    """The judge stage of a dataset without one: a checkpoint that says so (the later stages' DVC dep),
+    and scores that say why there are none."""
+    files.save_final({"kind": KIND, "format": FORMAT, "none": reason})
+    log.info("judge: none: %s", reason)
+    return {"available": False, "reason": reason}
 
 
 def _train(

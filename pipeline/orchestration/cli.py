@@ -5,7 +5,7 @@ cyclegan repro [--jobs N] [--profile NAME]
                                  runs): the Prefect flow of `cyclegan serve`, run in this process
 cyclegan serve                   serve the Prefect deployment cyclegan/ablation from this project
 cyclegan ui                      the MLflow UI on this project's store, opened on the runs
-cyclegan translate CKPT IN OUT --direction photo2label|label2photo
+cyclegan translate CKPT IN OUT --direction <A>2<B>|<B>2<A>
                                  any folder of images through a trained checkpoint
 
 The scale-out's deployments (cyclegan/ablation and cyclegan/fan-out on a work pool) are in prefect.yaml:
@@ -18,7 +18,6 @@ import argparse
 import os
 import sys
 
-from pipeline.core.directions import DIRECTIONS
 from pipeline.core.entry import run_main
 from pipeline.core.errors import PipelineError
 
@@ -192,7 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("input_dir", help="folder of images (png, jpg)")
     translate.add_argument("output_dir", help="folder for the translated PNGs (created)")
     translate.add_argument(
-        "--direction", required=True, choices=DIRECTIONS, help="photo2label uses G, label2photo uses F"
+        "--direction",
+        required=True,
+        help="a direction of the checkpoint's domains: photo2label (G) or label2photo (F) for Cityscapes, "
+        "horse2zebra (G) or zebra2horse (F) for horse2zebra...; or G, F",
     )
     translate.add_argument(
         "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)"

@@ -1,13 +1,19 @@
-"""Score one variant's val translations: the paper's FCN scores in both directions, and FID.
+"""Score one run's test translations, both directions, with the metrics the dataset has
+(`pipeline.data.dataset`):
 
-- labels -> photo (paper Table 4): the judge segments F(y) for every val label map y; its prediction
-  is scored against y's class ids.
-- photo -> labels (paper Table 5): G(x) is decoded to class ids by nearest colour
-  (`pipeline.data.labels.decode_label_map`); a pixel decoded to void counts as wrong.
+- every dataset: FID and KID of each direction's translations against the real test images of the
+  domain it translates into, from one pass of Inception features (`pipeline.scoring.fid`; null offline,
+  with the reason);
+- a paired test set (facades, maps, Cityscapes): each translation's fidelity to its true counterpart,
+  SSIM and PSNR per image (`pipeline.scoring.fidelity`);
+- Cityscapes (class label maps, paired): the paper's FCN scores. Labels -> photo (Table 4): the judge
+  segments F(y) for every test label map y, scored against y's class ids. Photo -> labels (Table 5):
+  G(x) decoded to class ids by nearest colour (`pipeline.data.labels.decode_label_map`); a pixel decoded
+  to void counts as wrong. One confusion matrix per direction over all test images (void ground truth
+  ignored), scored once by `pipeline.judge.metrics`.
 
-One confusion matrix per direction over all val images (void ground truth ignored), scored once by
-`pipeline.judge.metrics`. FID compares translated with real val images (`pipeline.scoring.fid`;
-null offline).
+The per-image values (confusion matrices, SSIM, PSNR) go to an .npz beside the scores, for the
+report's bootstrap over test images.
 """
 
 from __future__ import annotations
@@ -21,17 +27,18 @@ import numpy as np
 
 from pipeline.core.config import check_range
 from pipeline.core.device import resolve_device
-from pipeline.core.directions import DIRECTIONS
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileio import write_json
 from pipeline.core.recording import NOTHING, Recorder
 from pipeline.cyclegan.checkpoint import load_checkpoint, training_digest
+from pipeline.data.dataset import SplitInfo, read_split_info
 from pipeline.data.labels import CLASS_NAMES
 from pipeline.data.manifest import read_manifest
 from pipeline.judge.metrics import SCORES, segmentation_scores
 from pipeline.judge.segment import Judge, judge_confusions, load_judge
 from pipeline.scoring.confusions import decoded_confusions, save_confusions
-from pipeline.scoring.fid import FidConfig, FidResult, fid_between
+from pipeline.scoring.fid import FidConfig, FidKidResult, fid_kid_between
+from pipeline.scoring.fidelity import paired_fidelity
 
 # The training settings a report names beside its scores (the rest is in the MLflow run).
 TRAINING_SUMMARY = (
@@ -66,61 +73,92 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
-class ValImage:
-    """One val id's files: real photo, real label map, class-id mask, and its two translations."""
+class TestSet:
+    """One direction's test images: its translations, the real images of the domain it translates into,
+    and, where they exist, each translation's true counterpart and class-id mask."""
 
-    image_id: str
-    photo: Path
-    label: Path
-    mask: Path
-    translated: dict[str, Path]  # direction -> translation
+    direction: str
+    ids: list[str]  # the translated images' ids (those of the domain translated from)
+    translated: list[Path]
+    real: list[Path]  # every test image of the target domain: FID and KID compare with these
+    counterparts: list[Path] | None  # a paired test set: the true image in the target domain
+    masks: list[Path] | None  # a judged dataset: the class ids of each translated image's scene
 
 
-def val_images(split_dir: Path, translations_dir: Path) -> list[ValImage]:
-    """Every val id with its files, in manifest order; a missing translation is a `PipelineError`."""
-    manifest = read_manifest(split_dir, subset="val")
-    by_kind = {
-        kind: dict(zip(rows["image_id"], rows["path"], strict=True))
-        for kind, rows in manifest.groupby("kind")
-    }
-    masks = by_kind.get("mask", {})
-    if not masks:
-        raise PipelineError(f"{split_dir} lists no val masks: re-run the split stage (`dvc repro split`)")
-    images = []
-    for image_id, mask in masks.items():
-        if image_id not in by_kind.get("photo", {}) or image_id not in by_kind.get("label", {}):
-            raise PipelineError(
-                f"val id {image_id} lacks its photo or label map in {split_dir}: re-run the split"
-            )
-        translated = {d: translations_dir / d / f"{image_id}.png" for d in DIRECTIONS}
-        for path in translated.values():
-            if not path.is_file():
-                raise PipelineError(
-                    f"translation {path} is missing: re-run the translate stage for this variant "
-                    f"(`dvc repro translate@<variant>`)"
-                )
-        images.append(
-            ValImage(
-                image_id,
-                split_dir / by_kind["photo"][image_id],
-                split_dir / by_kind["label"][image_id],
-                split_dir / mask,
-                translated,
-            )
+def _by_id(split_dir: Path, kind: str) -> dict[str, Path]:
+    rows = read_manifest(split_dir, subset="val", kind=kind)
+    return {image_id: split_dir / path for image_id, path in zip(rows["image_id"], rows["path"], strict=True)}
+
+
+def test_sets(split_dir: Path, translations_dir: Path, info: SplitInfo) -> dict[str, TestSet]:
+    """Every direction's `TestSet`, in the split's order; a missing file is a `PipelineError`."""
+    masks = _by_id(split_dir, "mask") if info.judged else {}
+    sets = {}
+    for direction in info.directions:
+        sources, targets = (
+            _by_id(split_dir, info.source_kind(direction)),
+            _by_id(split_dir, info.target_kind(direction)),
         )
-    return images
+        if not sources or not targets:
+            raise PipelineError(f"{split_dir} lists no test images for {direction}: re-run the split stage")
+        ids = list(sources)
+        translated = [translations_dir / direction / f"{image_id}.png" for image_id in ids]
+        missing = [path for path in translated if not path.is_file()]
+        if missing:
+            raise PipelineError(
+                f"translation {missing[0]} is missing: re-run the translate stage for this run "
+                f"(`dvc repro translate@<variant>-<seed>`)"
+            )
+        counterparts = None
+        if info.paired_test:
+            if set(ids) != set(targets):
+                raise PipelineError(
+                    f"{split_dir}: the paired test set's two domains list other ids: re-run the split"
+                )
+            counterparts = [targets[image_id] for image_id in ids]
+        sets[direction] = TestSet(
+            direction,
+            ids,
+            translated,
+            list(targets.values()),
+            counterparts,
+            [masks[image_id] for image_id in ids] if info.judged else None,
+        )
+    return sets
 
 
-def per_image_confusions(images: list[ValImage], judge: Judge, batch_size: int) -> dict[str, np.ndarray]:
-    """Both directions' per-image matrices: the judge on F(y) (labels -> photo), decoded G(x) (photo ->
-    labels)."""
-    masks = [image.mask for image in images]
+def fcn_confusions(
+    sets: dict[str, TestSet], info: SplitInfo, judge: Judge, batch_size: int
+) -> dict[str, np.ndarray]:
+    """Both directions' per-image confusion matrices: the judge on F's photos (labels -> photo), G's
+    label maps decoded by nearest colour (photo -> labels)."""
+    label2photo, photo2label = info.directions
     return {
-        "label2photo": judge_confusions(
-            judge, [image.translated["label2photo"] for image in images], masks, batch_size, "label2photo"
+        label2photo: judge_confusions(
+            judge, sets[label2photo].translated, sets[label2photo].masks, batch_size, label2photo
         ),
-        "photo2label": decoded_confusions([image.translated["photo2label"] for image in images], masks),
+        photo2label: decoded_confusions(sets[photo2label].translated, sets[photo2label].masks),
     }
+
+
+def distribution_scores(sets: dict[str, TestSet], cfg: FidConfig) -> dict[str, FidKidResult]:
+    """FID and KID of each direction's translations against the real images of its target domain."""
+    results: dict[str, FidKidResult] = {}
+    for direction, test in sets.items():
+        if results and all(r.fid is None for r in results.values()):
+            # Missing Inception weights: asking again would only repeat the failed download (up to
+            # its timeout) for the same answer.
+            results[direction] = next(iter(results.values()))
+            continue
+        results[direction] = fid_kid_between(test.translated, test.real, cfg)
+    return results
+
+
+def _unavailable(results: dict[str, FidKidResult]) -> str | None:
+    missing = {d: r.reason or "unknown" for d, r in results.items() if r.fid is None}
+    if len(missing) == len(results) and len(set(missing.values())) == 1:
+        return next(iter(missing.values()))  # the usual case: no weights at all
+    return "; ".join(f"{d}: {reason}" for d, reason in missing.items()) or None
 
 
 def evaluate_variant(
@@ -130,39 +168,43 @@ def evaluate_variant(
     judge_checkpoint: str | os.PathLike,
     cfg: EvaluateConfig,
 ) -> tuple[dict, dict[str, np.ndarray], list[str]]:
-    """The metrics dict of ``metrics/<variant>-<seed>.json`` and the per-image confusion matrices
-    behind it (`pipeline.report.results` reads both)."""
+    """The metrics dict of ``metrics/<variant>-<seed>.json`` and the per-image values behind it
+    (confusion matrices by direction, ``ssim/<direction>``, ``psnr/<direction>``), with their ids."""
     split_dir, translations_dir = Path(split_dir), Path(translations_dir)
-    images = val_images(split_dir, translations_dir)
-    device = resolve_device(cfg.device, "evaluate.device")
-    judge = load_judge(judge_checkpoint, device)
-    confusions = per_image_confusions(images, judge, cfg.batch_size)
-    scores = {d: segmentation_scores(confusions[d].sum(axis=0)) for d in DIRECTIONS}
-    real = {"label2photo": [i.photo for i in images], "photo2label": [i.label for i in images]}
-    fids: dict[str, FidResult] = {}
-    for direction in DIRECTIONS:
-        if fids and all(result.value is None for result in fids.values()):
-            # A null FID means the Inception weights are missing: asking again would only repeat the
-            # failed download (up to its timeout) for the same answer.
-            fids[direction] = next(iter(fids.values()))
-            continue
-        fids[direction] = fid_between([i.translated[direction] for i in images], real[direction], cfg.fid)
-
-    metrics: dict = {"variant": variant, "n_images": len(images)}
-    for direction in DIRECTIONS:
-        for score in SCORES:
-            metrics[f"fcn/{direction}/{score}"] = scores[direction][score]
-    for direction in DIRECTIONS:
-        metrics[f"fid/{direction}"] = fids[direction].value
-    missing = {d: fids[d].reason or "unknown" for d in DIRECTIONS if fids[d].value is None}
-    if len(missing) == len(DIRECTIONS) and len(set(missing.values())) == 1:
-        metrics["fid_unavailable"] = missing[DIRECTIONS[0]]  # the usual case: no weights at all
-    elif missing:
-        metrics["fid_unavailable"] = "; ".join(f"{d}: {reason}" for d, reason in missing.items())
-    metrics["per_class_iou"] = {
-        d: dict(zip(CLASS_NAMES, scores[d]["per_class_iou"], strict=True)) for d in DIRECTIONS
-    }
-    return metrics, confusions, [image.image_id for image in images]
+    info = read_split_info(split_dir)
+    sets = test_sets(split_dir, translations_dir, info)
+    first = sets[info.directions[0]]
+    metrics: dict = {"variant": variant, "n_images": len(first.ids)}
+    metrics["test_images"] = {d: len(s.ids) for d, s in sets.items()}
+    per_image: dict[str, np.ndarray] = {}
+    if info.judged:
+        judge = load_judge(judge_checkpoint, resolve_device(cfg.device, "evaluate.device"))
+        per_image.update(fcn_confusions(sets, info, judge, cfg.batch_size))
+        scores = {d: segmentation_scores(per_image[d].sum(axis=0)) for d in info.directions}
+        for direction in info.directions:
+            for score in SCORES:
+                metrics[f"fcn/{direction}/{score}"] = scores[direction][score]
+    distributions = distribution_scores(sets, cfg.fid)
+    for direction, result in distributions.items():
+        metrics[f"fid/{direction}"] = result.fid
+        metrics[f"kid/{direction}/mean"] = result.kid_mean
+        metrics[f"kid/{direction}/std"] = result.kid_std
+    reason = _unavailable(distributions)
+    if reason:
+        metrics["fid_unavailable"] = reason
+    if info.paired_test:
+        for direction, test in sets.items():
+            fidelity = paired_fidelity(test.translated, test.counterparts)
+            per_image[f"ssim/{direction}"], per_image[f"psnr/{direction}"] = fidelity.ssim, fidelity.psnr
+            metrics[f"ssim/{direction}"], metrics[f"psnr/{direction}"] = (
+                fidelity.mean_ssim,
+                fidelity.mean_psnr,
+            )
+    if info.judged:
+        metrics["per_class_iou"] = {
+            d: dict(zip(CLASS_NAMES, scores[d]["per_class_iou"], strict=True)) for d in info.directions
+        }
+    return metrics, per_image, first.ids if info.paired_test else []
 
 
 def training_record(state: dict) -> dict:
@@ -207,13 +249,13 @@ def run_evaluation(
             )
         provenance = training_record(state)
         del state
-    metrics, confusions, image_ids = evaluate_variant(
+    metrics, per_image, image_ids = evaluate_variant(
         variant, translations_dir, split_dir, judge_checkpoint, cfg
     )
     metrics.update(provenance)  # where the scores came from (seed, protocol, machine, training)
     out_json = Path(out_json)
     if confusion_npz is not None:
-        save_confusions(confusion_npz, image_ids, confusions)
+        save_confusions(confusion_npz, image_ids, per_image)
     write_json(out_json, metrics)
     files = {"metrics": out_json, "translations": Path(translations_dir)}
     recorder.evaluation(metrics, files, step=metrics.get("steps"))

@@ -80,6 +80,7 @@ class FidConfig:
     def __post_init__(self) -> None:
         check_range(self, ("batch_size", "kid_subsets"), ge=1)
         check_range(self, "kid_subset_size", ge=2)
+        check_range(self, "kid_seed", ge=0)
 
 
 @dataclass

@@ -14,21 +14,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.directions import DIRECTIONS
 from pipeline.core.images import read_rgb
 from pipeline.core.recording import Recorder
 from pipeline.core.urls import redact_text
 from pipeline.data.manifest import image_id_key
 from pipeline.tracking import runs
 
+SCORE_FAMILIES = ("fcn/", "fid/", "kid/", "ssim/", "psnr/")
+
 
 def eval_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The scores under their MLflow names: ``eval/fcn/...``, ``eval/fid/...`` and the per-class IoU as
-    ``eval/fcn/<direction>/iou/<class>`` (absent classes and null FIDs left out)."""
+    """The scores under their MLflow names: ``eval/fcn/...``, ``eval/fid/...``, ``eval/kid/...``,
+    ``eval/ssim/...``, ``eval/psnr/...`` and the per-class IoU as ``eval/fcn/<direction>/iou/<class>``
+    (absent classes and null scores left out)."""
     tracked = {
         f"eval/{key}": float(value)
         for key, value in metrics.items()
-        if key.startswith(("fcn/", "fid/")) and value is not None
+        if key.startswith(SCORE_FAMILIES) and value is not None
     }
     for direction, per_class in (metrics.get("per_class_iou") or {}).items():
         for name, value in per_class.items():
@@ -76,7 +78,8 @@ class EvaluateRecorder(Recorder):
         translations = files.get("translations")
         if translations is None:
             return
-        for direction in DIRECTIONS:
-            images = sorted((translations / direction).glob("*.png"), key=lambda p: image_id_key(p.stem))
+        for folder in sorted(p for p in translations.iterdir() if p.is_dir()):  # one per direction
+            direction = folder.name
+            images = sorted(folder.glob("*.png"), key=lambda p: image_id_key(p.stem))
             for path in images[: self.log_samples]:
                 runs.log_image(run_id, read_rgb(path), key=f"eval/{direction}/{path.stem}", step=step or 0)

@@ -128,10 +128,13 @@ def test_translate_folder_rejects_missing_or_foreign_checkpoints(tmp_path, conte
 
 
 def test_translate_folder_rejects_bad_arguments(checkpoint, tmp_path):
-    with pytest.raises(PipelineError, match="direction"):
-        translate_folder(checkpoint, tmp_path, tmp_path / "out", "sideways")
     with pytest.raises(PipelineError, match="holds no images"):
         translate_folder(checkpoint, tmp_path, tmp_path / "out", "photo2label")
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "in" / "1.png")
+    with pytest.raises(PipelineError, match="direction 'sideways' is not one of this checkpoint's"):
+        translate_folder(checkpoint, tmp_path / "in", tmp_path / "out", "sideways")
+    assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
 def test_stage_runs_from_params(split_dir, checkpoint, tmp_path, capsys):

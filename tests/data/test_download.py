@@ -154,7 +154,7 @@ def test_dropped_download_resumes_on_the_next_run(tmp_path, pix2pix_archive, ser
     assert provenance["bytes"] == len(body)
     assert provenance["source"] == url and provenance["source_kind"] == "url"
     assert json.loads((out / "provenance.json").read_text()) == provenance
-    assert len(list((out / "cityscapes" / "train").glob("*.jpg"))) == 12
+    assert len(list((out / "dataset" / "train").glob("*.jpg"))) == 12
     assert not part.exists()
 
 
@@ -322,12 +322,9 @@ def test_wrong_checksum(tmp_path, pix2pix_archive):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (
-            {"expected_counts": {"train": 13, "val": 4}},
-            r"cityscapes/train/ holds 12 \.jpg images, expected 13",
-        ),
-        ({"expected_counts": {"train": 12, "test": 4}}, r"cityscapes/test/ holds 0 \.jpg images, expected 4"),
-        ({"image_size": (256, 256)}, r"cityscapes/train/1\.jpg is 512x256, expected 256x256"),
+        ({"expected_counts": {"train": 13, "val": 4}}, r"train/ holds 12 images, expected 13"),
+        ({"expected_counts": {"train": 12, "val": 5}}, r"val/ holds 4 images, expected 5"),
+        ({"image_size": (256, 256)}, r"train/1\.jpg is 512x256, expected 256x256"),
     ],
 )
 def test_unexpected_layout(tmp_path, pix2pix_archive, overrides, message):
@@ -346,8 +343,9 @@ def test_local_archive_replaces_existing_output(tmp_path, pix2pix_archive):
     provenance = download(tiny_cfg(pix2pix_archive), out)
     assert provenance["source"] == str(pix2pix_archive) and provenance["source_kind"] == "archive"
     assert provenance["sha256"] == sha256(pix2pix_archive)
-    assert provenance["counts"] == TINY_COUNTS and provenance["image_size"] == [512, 256]
-    assert sorted(p.name for p in out.iterdir()) == ["cityscapes", "provenance.json"]
+    assert provenance["counts"] == TINY_COUNTS
+    assert provenance["dataset"] == "cityscapes" and provenance["layout"] == "paired"
+    assert sorted(p.name for p in out.iterdir()) == ["dataset", "provenance.json"]
     assert list(out.parent.iterdir()) == [out]  # the archive is used in place: nothing cached
 
 
@@ -357,7 +355,7 @@ def test_extracted_folder_is_copied(tmp_path, pix2pix_tree, level):
     out = tmp_path / "data" / "raw"
     provenance = download(tiny_cfg(source), out)
     assert provenance["source_kind"] == "folder" and provenance["sha256"] is None
-    copied = out / "cityscapes" / "val" / "4.jpg"
+    copied = out / "dataset" / "val" / "4.jpg"
     assert copied.read_bytes() == (pix2pix_tree / "val" / "4.jpg").read_bytes()
     assert copied.stat().st_ino != (pix2pix_tree / "val" / "4.jpg").stat().st_ino  # a copy, not a link
     assert provenance["bytes"] == sum(p.stat().st_size for p in pix2pix_tree.rglob("*.jpg"))

@@ -115,9 +115,9 @@ def test_corrupt_image_is_named_and_nothing_is_written(pix2pix_tree, tmp_path):
     assert (out / "keep.txt").read_text() == "previous split"
 
 
-def test_wrong_size_image_is_named(pix2pix_tree, tmp_path):
-    Image.new("RGB", (300, 150)).save(pix2pix_tree / "val" / "2.jpg")
-    with pytest.raises(PipelineError, match=r"2\.jpg: size 300x150, expected 512x256"):
+def test_a_paired_image_that_is_not_a_pair_is_named(pix2pix_tree, tmp_path):
+    Image.new("RGB", (301, 150)).save(pix2pix_tree / "val" / "2.jpg")
+    with pytest.raises(PipelineError, match=r"2\.jpg: size 301x150, not an A\|B pair"):
         split(pix2pix_tree, tmp_path / "split", CFG)
 
 

@@ -12,6 +12,15 @@ from tests.factories import make_full_split, tiny_judge_checkpoint
 CFG = EvaluateConfig(device="cpu", batch_size=2)
 
 
+@pytest.fixture(autouse=True)
+def offline_fid(monkeypatch):
+    """No Inception weights here: the FID and KID floors are null, at once."""
+    from pipeline.scoring import bounds
+    from pipeline.scoring.fid import FidKidResult
+
+    monkeypatch.setattr(bounds, "fid_kid_between", lambda *a: FidKidResult(None, None, None, None, "offline"))
+
+
 @pytest.fixture(scope="module")
 def split_dir(tmp_path_factory):
     return make_full_split(tmp_path_factory.mktemp("bounds") / "split")
@@ -46,14 +55,21 @@ def test_bounds_score_the_floor_and_the_real_images_with_the_same_code(split_dir
             "ceiling/photo2label",
             "floor/label2photo",
             "floor/photo2label",
+            "floor/psnr/label2photo",
+            "floor/psnr/photo2label",
+            "floor/ssim/label2photo",
+            "floor/ssim/photo2label",
             "image_ids",
         ]
+        assert stored["floor/ssim/label2photo"].shape == (3,)
         assert stored["floor/label2photo"].shape == (3, 19, 20) and list(stored["image_ids"]) == [
             "1",
             "2",
             "3",
         ]
-    assert json.loads((tmp_path / "bounds.json").read_text())["n_images"] == 3
+    written = json.loads((tmp_path / "bounds.json").read_text())
+    assert written["n_images"] == 3 and written["floor/fid/label2photo"] is None
+    assert written["floor_fid_unavailable"] == "offline" and -1 <= written["floor/ssim/label2photo"] <= 1
 
 
 def test_stage_prints_both_bounds(split_dir, tmp_path, capsys):
@@ -63,4 +79,5 @@ def test_stage_prints_both_bounds(split_dir, tmp_path, capsys):
     argv = ["--params", str(params), "--split", str(split_dir), "--judge", str(judge)]
     argv += ["--out", str(tmp_path / "b.json"), "--confusion", str(tmp_path / "b.npz")]
     assert bounds_stage.main(argv) == 0
-    assert "floor label2photo" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "floor/fcn/label2photo/pixel_acc" in out and "ceiling/fcn/photo2label/class_iou" in out

@@ -11,7 +11,7 @@ from pipeline.cyclegan.checkpoint import load_checkpoint, training_digest
 from pipeline.data.labels import CLASS_NAMES, colorize, decode_label_map
 from pipeline.scoring import evaluate as evaluate_module
 from pipeline.scoring.evaluate import EvaluateConfig, evaluate_variant, run_evaluation
-from pipeline.scoring.fid import FidResult
+from pipeline.scoring.fid import FidKidResult
 from pipeline.tracking import runs
 from pipeline.tracking.evaluate import EvaluateRecorder
 from pipeline.tracking.evaluate import eval_metrics as tracked_metrics
@@ -33,11 +33,11 @@ def offline_fid(monkeypatch):
     """No Inception weights here: FID answers null at once (never a download attempt in tests)."""
     calls = []
 
-    def fid_between(images_a, images_b, cfg):
+    def fid_kid_between(images_a, images_b, cfg):
         calls.append((list(images_a), list(images_b)))
-        return FidResult(None, "FID Inception weights not available offline")
+        return FidKidResult(None, None, None, None, "FID Inception weights not available offline")
 
-    monkeypatch.setattr(evaluate_module, "fid_between", fid_between)
+    monkeypatch.setattr(evaluate_module, "fid_kid_between", fid_kid_between)
     return calls
 
 
@@ -130,23 +130,28 @@ def test_a_missing_translation_names_the_file(split_dir, tmp_path, colour_judge)
 
 def test_fid_values_and_unavailability_are_reported(split_dir, tmp_path, colour_judge, monkeypatch):
     translations = write_translations(tmp_path / "translations", split_dir, colorize, colorize)
-    results = {"label2photo": FidResult(12.5), "photo2label": FidResult(None, "no weights")}
+    results = {
+        "label2photo": FidKidResult(12.5, 0.25, 0.05, 3),
+        "photo2label": FidKidResult(None, None, None, None, "no weights"),
+    }
     real_domain = {"label2photo": "photo", "photo2label": "label"}
 
-    def fid_between(fake, real, cfg):
+    def fid_kid_between(fake, real, cfg):
         direction = Path(fake[0]).parent.name
         assert {Path(p).parent.name for p in real} == {
             real_domain[direction]
         }  # translated vs real, same domain
         return results[direction]
 
-    monkeypatch.setattr(evaluate_module, "fid_between", fid_between)
+    monkeypatch.setattr(evaluate_module, "fid_kid_between", fid_kid_between)
     metrics, _, _ = evaluate_variant("cyclegan", translations, split_dir, "judge.pt", CFG)
-    assert metrics["fid/label2photo"] == 12.5
-    assert metrics["fid/photo2label"] is None
+    assert metrics["fid/label2photo"] == 12.5 and metrics["kid/label2photo/mean"] == 0.25
+    assert metrics["fid/photo2label"] is None and metrics["kid/photo2label/mean"] is None
     assert metrics["fid_unavailable"] == "photo2label: no weights"
     tracked = tracked_metrics(metrics)
-    scores = {k: v for k, v in tracked.items() if "/iou/" not in k}
+    scores = {
+        k: v for k, v in tracked.items() if "/iou/" not in k and not k.startswith(("eval/ssim", "eval/psnr"))
+    }
     assert scores == {
         **{
             f"eval/fcn/{d}/{s}": pytest.approx(1.0)
@@ -154,7 +159,11 @@ def test_fid_values_and_unavailability_are_reported(split_dir, tmp_path, colour_
             for s in ("pixel_acc", "class_acc", "class_iou")
         },
         "eval/fid/label2photo": 12.5,
+        "eval/kid/label2photo/mean": 0.25,
+        "eval/kid/label2photo/std": 0.05,
     }
+    # A paired test set: each translation against its true counterpart, both ways.
+    assert {"eval/ssim/label2photo", "eval/psnr/photo2label"} <= set(tracked)
     # Per-class IoU of every class present, per direction, under names the compare view lines up.
     assert tracked["eval/fcn/photo2label/iou/traffic_light"] == pytest.approx(1.0)
     assert len([k for k in tracked if k.startswith("eval/fcn/label2photo/iou/")]) == sum(
@@ -220,11 +229,12 @@ def test_run_evaluation_writes_json_then_the_recorder_logs_into_the_training_run
     assert logged["found"] == [("test-eval", written["training_digest"])]
     [(run_id, metrics, step)] = logged["metrics"]
     assert run_id == "run42" and step == 7
-    assert {m for m in metrics if "/iou/" not in m} == {
+    assert {m for m in metrics if m.startswith("eval/fcn") and "/iou/" not in m} == {
         f"eval/fcn/{d}/{s}"
         for d in ("label2photo", "photo2label")
         for s in ("pixel_acc", "class_acc", "class_iou")
     }
+    assert {"eval/ssim/label2photo", "eval/psnr/photo2label"} <= set(metrics)  # a paired test set
     assert logged["artifacts"] == [("run42", "eval", ["cyclegan.json"])]
     # Samples as stepped images (one key per val image and direction), and why FID is missing as a tag.
     assert [(key, step) for _, key, step, _ in logged["images"]] == [
@@ -304,7 +314,8 @@ def test_stage_runs_from_params(split_dir, tmp_path, colour_judge, capsys):
         str(out),
     ]
     assert evaluate_stage.main(argv) == 0  # no checkpoint: nothing to find in MLflow, nothing said
-    assert "label2photo 1.000/1.000/1.000 FID n/a" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "label2photo 1.000/1.000/1.000 SSIM" in out and "FID n/a KID n/a" in out
     params.write_text("evaluate:\n  fid:\n    batch_size: 0\n")
     assert evaluate_stage.main(argv) == 1
     assert "batch_size" in capsys.readouterr().err
@@ -314,7 +325,9 @@ def test_a_nan_metric_is_an_error_not_a_crash_in_json_writing(
     split_dir, tmp_path, colour_judge, monkeypatch, capsys
 ):
     translations = write_translations(tmp_path / "translations", split_dir, colorize, colorize)
-    monkeypatch.setattr(evaluate_module, "fid_between", lambda fake, real, cfg: FidResult(float("nan")))
+    monkeypatch.setattr(
+        evaluate_module, "fid_kid_between", lambda fake, real, cfg: FidKidResult(float("nan"), 0.0, 0.0, 3)
+    )
     params = tmp_path / "params.yaml"
     params.write_text("evaluate:\n  batch_size: 2\n  device: cpu\n")
     out = tmp_path / "metrics" / "cyclegan.json"
