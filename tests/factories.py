@@ -408,53 +408,71 @@ def confusions_with_accuracy(accuracies: list[float], pixels: int = 20) -> np.nd
     return out
 
 
-def make_report_inputs(
-    root: Path, quality: dict[str, float], seeds: list[int], n_images: int = 30, fid: float | None = None
-) -> dict[str, Path]:
-    """Everything the report stage reads, for variants of the given mean accuracy: metrics files,
-    per-image matrices (image accuracies spread around the variant's quality, shifted per seed), the
-    bounds, a val split, translations and loss curves."""
-    from pipeline.judge.metrics import segmentation_scores
-    from pipeline.scoring.evaluate import save_confusions
+CITYSCAPES_BLOCK = {"domains": {"A": "photo", "B": "label"}, "classes": "cityscapes", "paired_test": True}
+FID_UNAVAILABLE = "FID Inception weights not in the torch hub cache"
 
-    rng = np.random.default_rng(0)
-    spread = rng.uniform(-0.1, 0.1, n_images)
-    ids = [str(i) for i in range(1, n_images + 1)]
-    metrics, confusion = root / "metrics", root / "confusion"
-    metrics.mkdir(parents=True, exist_ok=True)
-    confusion.mkdir(parents=True, exist_ok=True)
-    bounds = {
-        "floor/label2photo": confusions_with_accuracy([0.1] * n_images),
-        "floor/photo2label": confusions_with_accuracy([0.05] * n_images),
-        "ceiling/label2photo": confusions_with_accuracy([0.8] * n_images),
-        "ceiling/photo2label": confusions_with_accuracy([1.0] * n_images),
-    }
-    save_confusions(confusion / "bounds.npz", ids, bounds)
-    (metrics / "bounds.json").write_text(json.dumps({"n_images": n_images}))
-    for variant, mean in quality.items():
-        for seed in seeds:
-            accuracies = list(np.clip(mean + spread + 0.01 * seed, 0, 1))
-            cms = {d: confusions_with_accuracy(accuracies) for d in ("label2photo", "photo2label")}
-            save_confusions(confusion / f"{variant}-{seed}.npz", ids, cms)
-            record = {"variant": variant, "seed": seed, "n_images": n_images, "mlflow_run_id": None}
-            for direction, cm in cms.items():
-                scores = segmentation_scores(cm.sum(axis=0))
-                record |= {f"fcn/{direction}/{s}": scores[s] for s in ("pixel_acc", "class_acc", "class_iou")}
-                record[f"fid/{direction}"] = fid
-            if fid is None:
-                record["fid_unavailable"] = "FID Inception weights not in the torch hub cache"
-            record |= {
-                "protocol": "disjoint",
-                "steps": 8,
-                "train": {"crop_size": 24},
-                "machine": {"cpu": "test"},
-            }
-            (metrics / f"{variant}-{seed}.json").write_text(json.dumps(record))
-    split = make_val_split(root / "split", n=3, size=16)
-    translations = root / "translations"
+
+def _report_directions(block: dict) -> list[str]:
+    a, b = block["domains"]["A"], block["domains"]["B"]
+    return [f"{b}2{a}", f"{a}2{b}"]
+
+
+def _report_judged(block: dict) -> bool:
+    return block["paired_test"] and block["classes"] == "cityscapes"
+
+
+def _distribution_record(fid: float | None, directions: list[str], prefix: str = "") -> dict:
+    """FID and KID keys of a metrics file (with `prefix` "floor/": of bounds.json): `fid` for the first
+    direction, 10 more for the second, KID a thousandth of it; all None, with the reason, without `fid`."""
+    record: dict = {}
+    for offset, direction in enumerate(directions):
+        value = None if fid is None else fid + 10 * offset
+        record[f"{prefix}fid/{direction}"] = value
+        record[f"{prefix}kid/{direction}/mean"] = None if value is None else value / 1000
+        if not prefix:
+            record[f"kid/{direction}/std"] = None if value is None else value / 10_000
+    if fid is None:
+        record[f"{prefix.replace('/', '_')}fid_unavailable"] = FID_UNAVAILABLE
+    return record
+
+
+def _report_bounds(block: dict, n_images: int, fid: float | None) -> tuple[dict[str, np.ndarray], dict]:
+    """The bounds stage's arrays and JSON: floor (and with a judge ceiling) per-image scores, floor FID."""
+    directions = _report_directions(block)
+    arrays: dict[str, np.ndarray] = {}
+    if _report_judged(block):
+        for direction, low, high in zip(directions, (0.1, 0.05), (0.8, 1.0), strict=True):
+            arrays[f"floor/{direction}"] = confusions_with_accuracy([low] * n_images)
+            arrays[f"ceiling/{direction}"] = confusions_with_accuracy([high] * n_images)
+    for direction in directions if block["paired_test"] else ():
+        arrays[f"floor/ssim/{direction}"] = np.full(n_images, 0.05)
+        arrays[f"floor/psnr/{direction}"] = np.full(n_images, 8.0)
+    return arrays, {"n_images": n_images, **_distribution_record(fid, directions, prefix="floor/")}
+
+
+def _report_run(block: dict, image_scores: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
+    """One run's per-image arrays and the per-image metrics of its metrics file."""
+    from pipeline.judge.metrics import segmentation_scores
+
+    arrays: dict[str, np.ndarray] = {}
+    record: dict = {}
+    for direction in _report_directions(block):
+        if _report_judged(block):
+            arrays[direction] = confusions_with_accuracy(list(image_scores))
+            scores = segmentation_scores(arrays[direction].sum(axis=0))
+            record |= {f"fcn/{direction}/{s}": scores[s] for s in ("pixel_acc", "class_acc", "class_iou")}
+        if block["paired_test"]:
+            arrays[f"ssim/{direction}"], arrays[f"psnr/{direction}"] = image_scores, 10 + 20 * image_scores
+            record[f"ssim/{direction}"] = float(arrays[f"ssim/{direction}"].mean())
+            record[f"psnr/{direction}"] = float(arrays[f"psnr/{direction}"].mean())
+    return arrays, record
+
+
+def _report_pictures(root: Path, quality: dict[str, float], seeds: list[int], directions: list[str]) -> None:
+    """Translations of the first seed (3 images per direction) and every run's loss curves."""
     for variant in quality:
-        for direction in ("photo2label", "label2photo"):
-            folder = translations / f"{variant}-{seeds[0]}" / direction
+        for direction in directions:
+            folder = root / "translations" / f"{variant}-{seeds[0]}" / direction
             folder.mkdir(parents=True, exist_ok=True)
             for image_id in ("1", "2", "3"):
                 Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(folder / f"{image_id}.png")
@@ -466,13 +484,64 @@ def make_report_inputs(
             if variant != "cycle_only":
                 columns["loss_D_Y"] = [0.5, 0.4, 0.3]
             pd.DataFrame(columns).to_csv(plots / f"{variant}-{seed}.csv", index=False)
+
+
+def make_report_inputs(
+    root: Path,
+    quality: dict[str, float],
+    seeds: list[int],
+    n_images: int = 30,
+    fid: float | dict[str, float | None] | None = None,
+    dataset: dict | None = None,
+) -> dict[str, Path]:
+    """Everything the report stage reads, for variants of the given mean quality: metrics files,
+    per-image arrays (image scores spread around the variant's quality, shifted per seed), the bounds,
+    a val split, translations and loss curves.
+
+    `dataset` is the split summary's ``dataset`` block without its directions (None: an old split
+    without one, which is Cityscapes). What exists follows it: with Cityscapes classes and a paired test
+    set, per-image confusion matrices (image accuracy = the image's score) and FCN scores; with a paired
+    test set, per-image SSIM (= the score) and PSNR (10 + 20 x the score); always FID and KID. `fid` is
+    every run's FID, or per variant: None makes FID and KID null with a reason, as offline. The floor's
+    FID is null when `fid` is, else 300."""
+    from pipeline.scoring.evaluate import save_confusions
+
+    block = dataset or CITYSCAPES_BLOCK
+    directions = _report_directions(block)
+    rng = np.random.default_rng(0)
+    spread = rng.uniform(-0.1, 0.1, n_images)
+    ids = [str(i) for i in range(1, n_images + 1)]
+    metrics, confusion = root / "metrics", root / "confusion"
+    metrics.mkdir(parents=True, exist_ok=True)
+    confusion.mkdir(parents=True, exist_ok=True)
+    bound_arrays, bounds_record = _report_bounds(block, n_images, None if fid is None else 300.0)
+    save_confusions(confusion / "bounds.npz", ids, bound_arrays)
+    (metrics / "bounds.json").write_text(json.dumps(bounds_record))
+    for variant, mean in quality.items():
+        run_fid = fid.get(variant) if isinstance(fid, dict) else fid
+        for seed in seeds:
+            arrays, scores = _report_run(block, np.clip(mean + spread + 0.01 * seed, 0, 1))
+            save_confusions(confusion / f"{variant}-{seed}.npz", ids, arrays)
+            record = {"variant": variant, "seed": seed, "n_images": n_images, "mlflow_run_id": None}
+            record |= scores | _distribution_record(run_fid, directions)
+            record |= {
+                "protocol": "disjoint",
+                "steps": 8,
+                "train": {"crop_size": 24},
+                "machine": {"cpu": "test"},
+            }
+            (metrics / f"{variant}-{seed}.json").write_text(json.dumps(record))
+    split = make_val_split(root / "split", n=3, size=16)
+    if dataset is not None:
+        (split / "summary.json").write_text(json.dumps({"dataset": {**dataset, "directions": directions}}))
+    _report_pictures(root, quality, seeds, directions)
     return {
         "metrics": metrics,
         "confusion": confusion,
         "bounds": metrics / "bounds.json",
-        "translations": translations,
+        "translations": root / "translations",
         "split": split,
-        "train_plots": plots,
+        "train_plots": root / "plots" / "train",
     }
 
 

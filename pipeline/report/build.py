@@ -1,7 +1,8 @@
-"""The `report` stage: the paper's Tables 4 and 5 with our numbers, their intervals, a floor and a
-ceiling beside them, every variant against CycleGAN, and where the numbers came from.
+"""The `report` stage: every metric the dataset has, with its intervals, a floor (and for the FCN scores
+a ceiling and the paper's Tables 4 and 5) beside it, every variant against CycleGAN, and where the
+numbers came from. Which metrics the dataset has, the split's summary says (`pipeline.report.dataset`).
 
-It reads exactly the runs of params.yaml's `variants` x `seeds` (`pipeline.report.results`), so a
+It reads exactly the runs of params.yaml's `variants` x `seeds` (`pipeline.report.inputs`), so a
 variant removed from params.yaml leaves the report on the next `dvc repro`. Outputs under `out_dir`,
 built in a staging folder and published together: ``ablation.md``, ``ablation.csv``, ``ablation.json``
 (everything, per seed), ``metrics/<row>.json`` (one small file per row, what `dvc metrics show`
@@ -20,8 +21,10 @@ from pipeline.core.config import check_range
 from pipeline.core.fileio import publish_entries, staging_dir
 from pipeline.core.recording import NOTHING, Recorder
 from pipeline.core.study import run_name
-from pipeline.report import curves, figures, tables
-from pipeline.report.results import Summary, load_inputs, summarize
+from pipeline.report import curves, figures, markdown, tables
+from pipeline.report.dataset import read_split_info
+from pipeline.report.inputs import load_inputs
+from pipeline.report.results import Summary, summarize
 
 
 @dataclass(frozen=True)
@@ -56,14 +59,19 @@ class ReportPaths:
     summary: Summary
 
 
-def _fid_reasons(summary: Summary) -> dict[str, str]:
-    """Why FID is missing -> which variants (usually one reason for all: no Inception weights)."""
-    by_reason: dict[str, list[str]] = {}
-    for name, entry in summary.variants.items():
-        if entry.get("fid_unavailable"):
-            by_reason.setdefault(entry["fid_unavailable"], []).append(name)
-    everyone = len(summary.variants)
-    return {r: ("every variant" if len(n) == everyone else ", ".join(n)) for r, n in by_reason.items()}
+def _plot_metric_families(summary: Summary, folder: Path) -> list[Path]:
+    """The figure of every metric family the dataset has."""
+    plots = []
+    if summary.dataset.has_judge:
+        plots += [folder / "fcn_scores.png", folder / "per_class_iou.png"]
+        figures.plot_fcn_scores(summary, plots[-2])
+        figures.plot_per_class_iou(summary, plots[-1])
+    if summary.dataset.fidelity_metrics:
+        plots.append(folder / "fidelity.png")
+        figures.plot_fidelity(summary, plots[-1])
+    plots.append(folder / "distribution.png")
+    figures.plot_distribution(summary, plots[-1])
+    return plots
 
 
 def build_report(
@@ -82,32 +90,31 @@ def build_report(
     """Write the report of `variants` x `seeds` (see the module docstring), then hand it to `recorder`
     (MLflow: the launch's parent run)."""
     out_dir, split_dir = Path(out_dir), Path(split_dir)
-    inputs = load_inputs(variants, seeds, Path(metrics_dir), Path(confusion_dir), Path(bounds_json))
+    dataset = read_split_info(split_dir)
+    inputs = load_inputs(variants, seeds, Path(metrics_dir), Path(confusion_dir), Path(bounds_json), dataset)
     summary = summarize(inputs, cfg.bootstrap_resamples, cfg.bootstrap_seed)
     runs = [(run.variant, run.seed) for rs in inputs.runs.values() for run in rs]
     prov = tables.provenance(summary, {v: [r.metrics for r in rs] for v, rs in inputs.runs.items()})
-    reasons = _fid_reasons(summary)
     loss_curves = curves.read_curves(Path(train_plots_dir) if train_plots_dir else None, runs)
 
     with staging_dir(out_dir) as tmp:
         (tmp / "plots").mkdir()
-        plots = [tmp / "plots" / "scores.png", tmp / "plots" / "per_class_iou.png"]
-        figures.plot_scores(summary, plots[0])
-        figures.plot_per_class_iou(summary, plots[1])
+        plots = _plot_metric_families(summary, tmp / "plots")
         if figures.plot_losses(loss_curves, tmp / "plots" / "losses.png"):
             plots.append(tmp / "plots" / "losses.png")
         first_seed = [run_name(v, rs[0].seed) for v, rs in inputs.runs.items()]
         ids = figures.sample_ids(split_dir, cfg.sample_ids, cfg.n_samples)
         translations = Path(translations_root) if translations_root else None
-        if figures.plot_samples(split_dir, translations, first_seed, ids, tmp / "plots" / "samples.png"):
-            plots.append(tmp / "plots" / "samples.png")
+        sheet = tmp / "plots" / "samples.png"
+        if figures.plot_samples(dataset, split_dir, translations, first_seed, ids, sheet):
+            plots.append(sheet)
         curves.write_long_format(loss_curves, tmp / "losses")
 
-        text = tables.markdown(summary, prov, reasons, plots, tmp)
+        text = markdown.render(summary, prov, plots, tmp)
         (tmp / "ablation.md").write_text(text)
         table = tables.csv_table(summary)
         table.to_csv(tmp / "ablation.csv", float_format="%.6g")
-        document = tables.json_document(summary, prov, reasons)
+        document = tables.json_document(summary, prov)
         (tmp / "ablation.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
         (tmp / "metrics").mkdir()
         for position, (name, row) in enumerate(tables.dvc_rows(summary)):

@@ -1,4 +1,5 @@
-"""The report's figures: scores beside the paper's, per-class IoU, loss curves, the sample sheet."""
+"""The report's figures: one per metric family the dataset has (FCN scores beside the paper's and their
+per-class IoU, SSIM and PSNR, FID and KID), the loss curves, the sample sheet."""
 
 from __future__ import annotations
 
@@ -9,14 +10,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.core.directions import DIRECTIONS
 from pipeline.core.errors import PipelineError
 from pipeline.core.images import read_rgb
 from pipeline.data.labels import CLASS_NAMES
 from pipeline.data.manifest import image_id_key, read_manifest
 from pipeline.judge.metrics import SCORES
 from pipeline.report.curves import loss_terms
-from pipeline.report.paper import GROUND_TRUTH, PAPER_SCORES, ROW_TITLES, SCORE_TITLES, SHORT_TITLES
+from pipeline.report.dataset import DISTRIBUTION, FIDELITY, DatasetInfo
+from pipeline.report.paper import (
+    GROUND_TRUTH,
+    METRIC_TITLES,
+    ROW_TITLES,
+    SCORE_TITLES,
+    SHORT_TITLES,
+    paper_value,
+)
 from pipeline.report.results import Summary
 
 
@@ -29,61 +37,108 @@ def _pyplot():
     return plt
 
 
-def plot_scores(summary: Summary, path: Path) -> None:
-    """Per direction and score: bars across variants with their 95% interval, the paper's value beside,
-    the floor and the ceiling as lines; FID last."""
-    plt = _pyplot()
-    variants = list(summary.variants)
+def _bars(ax, variants: list[str], values: list[float | None], errors=None, **style) -> None:
+    """One bar per variant, "n/a" where a value is missing (never drawn as a number)."""
     x = np.arange(len(variants))
-    fig, axes = plt.subplots(2, 4, figsize=(18, 7.5), squeeze=False)
-    for r, direction in enumerate(DIRECTIONS):
-        for c, metric in enumerate([*SCORES, "fid"]):
-            ax = axes[r][c]
-            if metric == "fid":
-                values = [summary.variants[v][f"fid/{direction}"].get("mean") for v in variants]
-                ax.bar(x, [v or 0.0 for v in values], 0.6, color="tab:blue")
-                for i, value in enumerate(values):
-                    if value is None:
-                        ax.text(i, 0, "n/a", ha="center", va="bottom")
-                ax.set_title(f"FID {direction} (lower is better)")
-            else:
-                key = f"fcn/{direction}/{metric}"
-                entries = [summary.variants[v][key] for v in variants]
-                means = np.array([e["mean"] for e in entries])
-                intervals = np.array([e.get("ci95") or e["bootstrap_ci95"] for e in entries])
-                errors = np.abs(intervals.T - means)
-                ax.bar(
-                    x - 0.2, means, 0.4, yerr=errors, capsize=3, label="ours (95% interval)", color="tab:blue"
-                )
-                paper = [_paper_value(v, key) for v in variants]
-                ax.bar(x + 0.2, [v or 0.0 for v in paper], 0.4, label="paper", color="tab:gray")
-                ax.axhline(
-                    summary.ceiling[key], color="tab:green", ls="--", lw=1, label="ceiling: real images"
-                )
-                ax.axhline(summary.floor[key], color="tab:red", ls=":", lw=1, label="floor: content-free")
-                ax.set_ylim(0, 1)
-                ax.set_title(f"{SCORE_TITLES[metric]} {direction}")
-                if r == 0 and c == 0:
-                    ax.legend(fontsize=7)
-            ax.set_xticks(x, [SHORT_TITLES.get(v, v) for v in variants], rotation=30, ha="right", fontsize=8)
+    ax.bar(x, [0.0 if v is None else v for v in values], 0.6, yerr=errors, capsize=3, **style)
+    for i, value in enumerate(values):
+        if value is None:
+            ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, [SHORT_TITLES.get(v, v) for v in variants], rotation=30, ha="right", fontsize=8)
+
+
+def _floor_line(ax, value: float | None) -> None:
+    if value is not None:
+        ax.axhline(value, color="tab:red", ls=":", lw=1, label="floor: content-free")
+
+
+def _error_bars(entries: list[dict[str, Any]]) -> np.ndarray:
+    """Distances from each mean to its interval (across seeds, else the val-image bootstrap)."""
+    means = np.array([e["mean"] for e in entries])
+    intervals = np.array([e.get("ci95") or e["bootstrap_ci95"] for e in entries])
+    return np.abs(intervals.T - means)
+
+
+def _grid(plt, summary: Summary, n_columns: int):
+    """One row of panels per direction."""
+    rows = len(summary.dataset.directions)
+    return plt.subplots(rows, n_columns, figsize=(4.5 * n_columns, 3.75 * rows), squeeze=False)
+
+
+def _save(plt, fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
-def _paper_value(name: str, key: str) -> float | None:
-    _, direction, score = key.split("/")
-    published = PAPER_SCORES[direction].get(name)
-    return published[SCORES.index(score)] if published else None
+def plot_fcn_scores(summary: Summary, path: Path) -> None:
+    """Per direction and FCN score: bars across variants with their 95% interval, the paper's value
+    beside, the floor and the ceiling as lines."""
+    plt = _pyplot()
+    variants = list(summary.variants)
+    x = np.arange(len(variants))
+    fig, axes = _grid(plt, summary, len(SCORES))
+    for r, direction in enumerate(summary.dataset.directions):
+        for c, score in enumerate(SCORES):
+            ax, key = axes[r][c], f"fcn/{direction}/{score}"
+            entries = [summary.variants[v][key] for v in variants]
+            means = [e["mean"] for e in entries]
+            ax.bar(x - 0.2, means, 0.4, yerr=_error_bars(entries), capsize=3, label="ours (95% interval)")
+            paper = [paper_value(v, key) for v in variants]
+            ax.bar(x + 0.2, [v or 0.0 for v in paper], 0.4, label="paper", color="tab:gray")
+            ax.axhline(summary.ceiling[key], color="tab:green", ls="--", lw=1, label="ceiling: real images")
+            _floor_line(ax, summary.floor[key])
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{SCORE_TITLES[score]} {direction}")
+            ax.set_xticks(x, [SHORT_TITLES.get(v, v) for v in variants], rotation=30, ha="right", fontsize=8)
+            if r == 0 and c == 0:
+                ax.legend(fontsize=7)
+    _save(plt, fig, path)
+
+
+def plot_fidelity(summary: Summary, path: Path) -> None:
+    """Per direction, SSIM and PSNR across variants with their 95% interval and the floor."""
+    plt = _pyplot()
+    variants = list(summary.variants)
+    fig, axes = _grid(plt, summary, len(FIDELITY))
+    for r, direction in enumerate(summary.dataset.directions):
+        for c, name in enumerate(FIDELITY):
+            ax, key = axes[r][c], f"{name}/{direction}"
+            entries = [summary.variants[v][key] for v in variants]
+            _bars(
+                ax, variants, [e["mean"] for e in entries], _error_bars(entries), label="ours (95% interval)"
+            )
+            _floor_line(ax, summary.floor[key])
+            ax.set_title(f"{METRIC_TITLES[name]} {direction} (higher is better)")
+            if r == 0 and c == 0:
+                ax.legend(fontsize=7)
+    _save(plt, fig, path)
+
+
+def plot_distribution(summary: Summary, path: Path) -> None:
+    """Per direction, FID and KID across variants (n/a where missing) and the floor."""
+    plt = _pyplot()
+    variants = list(summary.variants)
+    fig, axes = _grid(plt, summary, len(DISTRIBUTION))
+    for r, direction in enumerate(summary.dataset.directions):
+        for c, name in enumerate(DISTRIBUTION):
+            ax, key = axes[r][c], f"{name}/{direction}"
+            _bars(ax, variants, [summary.variants[v][key]["mean"] for v in variants], color="tab:blue")
+            _floor_line(ax, summary.floor[key])
+            ax.set_title(f"{METRIC_TITLES[name]} {direction} (lower is better)")
+    _save(plt, fig, path)
 
 
 def plot_per_class_iou(summary: Summary, path: Path) -> None:
     """Heat map of per-class IoU (mean over seeds): variants and the ceiling x 19 classes, per direction."""
     plt = _pyplot()
     names = [*summary.variants, GROUND_TRUTH]
-    fig, axes = plt.subplots(2, 1, figsize=(12, 3.2 + 0.8 * len(names)), squeeze=False, layout="constrained")
+    directions = summary.dataset.directions
+    fig, axes = plt.subplots(
+        len(directions), 1, figsize=(12, 3.2 + 0.8 * len(names)), squeeze=False, layout="constrained"
+    )
     image = None
-    for ax, direction in zip(axes[:, 0], DIRECTIONS, strict=True):
+    for ax, direction in zip(axes[:, 0], directions, strict=True):
         grid = [entry["per_class_iou"][direction] for entry in summary.variants.values()]
         grid.append(summary.ceiling_per_class_iou[direction])
         data = np.ma.masked_invalid(np.array([[np.nan if v is None else v for v in row] for row in grid]))
@@ -147,20 +202,26 @@ def _load_rgb(path: Path) -> np.ndarray | None:
 
 
 def plot_samples(
-    split_dir: Path, translations_root: Path | None, runs: list[str], ids: list[str], path: Path
+    dataset: DatasetInfo,
+    split_dir: Path,
+    translations_root: Path | None,
+    runs: list[str],
+    ids: list[str],
+    path: Path,
 ) -> bool:
-    """The same val images through every run (one seed per variant): photo x, label map y, then G(x) and
-    F(y) per run."""
+    """The same val images through every run (one seed per variant): x from domain A, y from domain B
+    (the split's ``val/photo`` and ``val/label``), then G(x) and F(y) per run."""
     if not ids:
         return False
     plt = _pyplot()
+    backward, forward = dataset.directions  # F: B -> A, G: A -> B
     columns: list[tuple[str, Any]] = [
-        ("photo x", lambda i: split_dir / "val" / "photo" / f"{i}.png"),
-        ("label map y", lambda i: split_dir / "val" / "label" / f"{i}.png"),
+        (f"{dataset.domain_a} x", lambda i: split_dir / "val" / "photo" / f"{i}.png"),
+        (f"{dataset.domain_b} y", lambda i: split_dir / "val" / "label" / f"{i}.png"),
     ]
     for run in runs:
         variant = run.rsplit("-", 1)[0]
-        for direction, what in (("photo2label", "G(x)"), ("label2photo", "F(y)")):
+        for direction, what in ((forward, "G(x)"), (backward, "F(y)")):
             folder = (translations_root or Path("/nonexistent")) / run / direction
             columns.append(
                 (f"{ROW_TITLES.get(variant, variant)}\n{what}", lambda i, f=folder: f / f"{i}.png")

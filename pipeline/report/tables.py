@@ -1,53 +1,25 @@
-"""The report's text: the ablation tables (markdown, CSV, JSON) and the `dvc metrics` rows, from one
-`pipeline.report.results.Summary`."""
+"""The report's machine-readable outputs, from one `pipeline.report.results.Summary`: the CSV table,
+``ablation.json`` and the `dvc metrics` rows, each holding exactly the metrics the dataset has."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from pipeline.core.directions import DIRECTIONS
 from pipeline.judge.metrics import SCORES
+from pipeline.report.dataset import DatasetInfo, metric_column, metric_direction
 from pipeline.report.paper import (
-    DEVIATIONS,
-    DIRECTION_TITLES,
     FLOOR,
     GROUND_TRUTH,
+    INCEPTION_INPUT,
     PAPER_SCORES,
     PAPER_SOURCE,
-    PAPER_TITLES,
-    PROTOCOL_TITLES,
-    ROW_TITLES,
-    SCORE_TITLES,
+    deviations,
+    paper_value,
 )
-from pipeline.report.results import FCN_METRICS, REFERENCE, Summary
-
-SIGNIFICANT = "✱"
-
-
-def fmt(value: Any, digits: int = 3) -> str:
-    """A number for a table; n/a for a missing or non-finite one."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{float(value):.{digits}f}"
-
-
-def _interval(interval: list[float] | None, digits: int = 3) -> str:
-    return "" if not interval else f" [{fmt(interval[0], digits)}, {fmt(interval[1], digits)}]"
-
-
-def _paper(name: str, metric: str) -> float | None:
-    _, direction, score = metric.split("/")
-    published = PAPER_SCORES[direction].get(name)
-    return published[SCORES.index(score)] if published else None
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+from pipeline.report.results import REFERENCE, Summary, mean_of_known
 
 
 def provenance(summary: Summary, runs_metrics: dict[str, list[dict]]) -> dict[str, Any]:
@@ -56,128 +28,15 @@ def provenance(summary: Summary, runs_metrics: dict[str, list[dict]]) -> dict[st
     protocols = sorted({str(m.get("protocol")) for m in records})
     machines = {tuple(sorted((m.get("machine") or {}).items())) for m in records}
     trains = {tuple(sorted((m.get("train") or {}).items())) for m in records}
-    return {
+    found = {
         "protocol": protocols[0] if len(protocols) == 1 else protocols,
         "machines": [dict(machine) for machine in sorted(machines)],
         "training": [dict(train) for train in sorted(trains)],
         "steps": sorted({m.get("steps") for m in records if m.get("steps") is not None}),
         "seeds": summary.seeds,
-        "bootstrap": summary.bootstrap,
     }
-
-
-def _cell(entry: dict[str, Any]) -> str:
-    """Mean, then the interval a reader should use: across seeds when there are several, else the
-    val-image bootstrap."""
-    interval = entry.get("ci95") or entry.get("bootstrap_ci95")
-    return fmt(entry.get("mean")) + _interval(interval)
-
-
-def _direction_table(summary: Summary, direction: str) -> list[str]:
-    header = ["Loss", *(SCORE_TITLES[s] for s in SCORES), "share of floor → ceiling (pixel / class / IoU)"]
-    header += ["FID", *(f"Paper {PAPER_TITLES[s]}" for s in SCORES)]
-    metrics = [f"fcn/{direction}/{s}" for s in SCORES]
-    rows = [[ROW_TITLES[FLOOR], *(fmt(summary.floor[m]) for m in metrics), "0", "—", "", "", ""]]
-    for name, entry in summary.variants.items():
-        shares = " / ".join(fmt(entry[m]["share_of_ceiling"], 2) for m in metrics)
-        fid = entry[f"fid/{direction}"]
-        rows.append(
-            [
-                ROW_TITLES.get(name, name),
-                *(_cell(entry[m]) for m in metrics),
-                shares,
-                fmt(fid.get("mean"), 1),
-                *(fmt(_paper(name, m), 2) for m in metrics),
-            ]
-        )
-    ceiling = [fmt(summary.ceiling[m]) for m in metrics]
-    rows.append(
-        [ROW_TITLES[GROUND_TRUTH], *ceiling, "1", "—", *(fmt(_paper(GROUND_TRUTH, m), 2) for m in metrics)]
-    )
-    return [f"## {DIRECTION_TITLES[direction]}", "", *_md_table(header, rows), ""]
-
-
-def _pairwise_table(summary: Summary) -> list[str]:
-    if not summary.pairwise:
-        return []
-    header = ["Variant − CycleGAN", *(f"{d} {SCORE_TITLES[s]}" for d in DIRECTIONS for s in SCORES)]
-    rows = []
-    for name, diffs in summary.pairwise.items():
-        cells = [ROW_TITLES.get(name, name)]
-        for metric in FCN_METRICS:
-            d = diffs[metric]
-            mark = f" {SIGNIFICANT}" if d["excludes_zero"] else ""
-            seeds = f" seeds{_interval(d['seeds_ci95'])}" if d["seeds_ci95"] else ""
-            cells.append(f"{fmt(d['difference'], 3)}{_interval(d['bootstrap_ci95'])}{mark}{seeds}")
-        rows.append(cells)
-    note = (
-        f"{SIGNIFICANT}: the paired 95% bootstrap interval over val images excludes 0 (each resample draws "
-        "the same images for both variants). It covers evaluation variance only"
-        + (
-            "; with one seed, training variance (which the seed intervals would show) is not in it."
-            if len(summary.seeds) < 2
-            else "; `seeds [..]` is the 95% Welch interval across seeds (training variance)."
-        )
-    )
-    return [
-        f"## The paper's question: each variant against {REFERENCE} (mean difference)",
-        "",
-        *_md_table(header, rows),
-        "",
-        note,
-        "",
-    ]
-
-
-def _sources(summary: Summary, prov: dict[str, Any], fid_reasons: dict[str, str]) -> list[str]:
-    lines = ["## Where these numbers came from, and how far they can move", ""]
-    protocol = prov["protocol"]
-    title = PROTOCOL_TITLES.get(protocol, protocol) if isinstance(protocol, str) else protocol
-    lines.append(f"- Split protocol: {title}.")
-    for train in prov["training"]:
-        shown = ", ".join(f"{k} {v}" for k, v in train.items())
-        lines.append(f"- Training: {shown}; {', '.join(map(str, prov['steps']))} optimiser steps per run.")
-    seeds = summary.seeds
-    lines.append(
-        f"- Seeds: {', '.join(map(str, seeds))}. "
-        + (
-            "Intervals in the tables are 95% t-intervals across seeds (training variance)."
-            if len(seeds) >= 2
-            else "One seed: this is one draw of a chaotic training process, not the answer. The intervals in "
-            "the tables are the val-image bootstrap (evaluation variance) only; two runs of the same "
-            "configuration on two CPUs can differ by more (add seeds: `dvc exp run -S 'seeds=[0,1,2]'`)."
-        )
-    )
-    b = summary.bootstrap
-    lines.append(
-        f"- Bootstrap: {b['resamples']} resamples of the {b['images']} val images (seed {b['seed']})."
-    )
-    for machine in prov["machines"]:
-        lines.append("- Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items() if v) + ".")
-    for reason, who in fid_reasons.items():
-        lines.append(f"- FID n/a ({who}): {reason}")
-    return [*lines, ""]
-
-
-def markdown(
-    summary: Summary, prov: dict[str, Any], fid_reasons: dict[str, str], plots: list[Path], out_dir: Path
-) -> str:
-    lines = [
-        "# CycleGAN loss ablation on Cityscapes",
-        "",
-        f"FCN scores over the {summary.bootstrap['images']} val images, one confusion matrix per direction "
-        "(19 classes, void ignored), each as mean [95% interval]. Every score also stands between a floor "
-        "(a content-free output) and a ceiling (the real images) computed by the same code: the share "
-        "column says how much of that way a translation went. Paper numbers: " + PAPER_SOURCE + ".",
-        "",
-    ]
-    for direction in DIRECTIONS:
-        lines += _direction_table(summary, direction)
-    lines += _pairwise_table(summary)
-    lines += _sources(summary, prov, fid_reasons)
-    lines += ["## How this differs from the paper's protocol", "", *(f"- {item}" for item in DEVIATIONS), ""]
-    lines += ["## Plots", "", *(f"![{p.stem}]({p.relative_to(out_dir).as_posix()})" for p in plots)]
-    return "\n".join(lines) + "\n"
+    # The val-image bootstrap serves only metrics scored image by image (none on an unpaired test set).
+    return found | ({"bootstrap": summary.bootstrap} if summary.dataset.per_image_metrics else {})
 
 
 def _rounded(value: Any) -> Any:
@@ -190,78 +49,126 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def json_document(summary: Summary, prov: dict[str, Any], fid_reasons: dict[str, str]) -> dict[str, Any]:
-    """`reports/ablation.json`: per variant its `seeds` and per metric `values`, `mean`, `std`, `ci95`
-    (across seeds), `bootstrap_ci95` (val images) and the floor-to-ceiling share; the pairwise
-    differences; floor, ceiling, the paper's numbers and where it all came from."""
-    paper = {
+def _paper_document(directions: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """The paper's FCN scores by row name, as metric names."""
+    names = {n for d in directions for n in PAPER_SCORES.get(d, {})}
+    return {
         name: {
             f"fcn/{d}/{s}": PAPER_SCORES[d][name][i]
-            for d in DIRECTIONS
-            if name in PAPER_SCORES[d]
+            for d in directions
+            if name in PAPER_SCORES.get(d, {})
             for i, s in enumerate(SCORES)
         }
-        for name in {n for d in DIRECTIONS for n in PAPER_SCORES[d]}
+        for name in names
     }
-    return _rounded(
-        {
-            "source": PAPER_SOURCE,
-            "variants": summary.variants,
-            "pairwise_vs": REFERENCE,
-            "pairwise": summary.pairwise,
-            "floor": summary.floor,
-            "ceiling": summary.ceiling,
-            "paper": paper,
-            "provenance": prov,
-            "fid_unavailable": fid_reasons,
-            "deviations": list(DEVIATIONS),
-        }
-    )
+
+
+def json_document(summary: Summary, prov: dict[str, Any]) -> dict[str, Any]:
+    """`reports/ablation.json`: the dataset; per variant its `seeds` and per metric `values`, `mean`,
+    `std`, `ci95` (across seeds), for per-image metrics `bootstrap_ci95` (val images) and for FCN scores
+    the floor-to-ceiling share; the pairwise differences; the floor, and with a judge the ceiling and the
+    paper's numbers; where it all came from."""
+    dataset = summary.dataset
+    judged = dataset.has_judge
+    document: dict[str, Any] = {"source": PAPER_SOURCE} if judged else {}
+    document |= {
+        "dataset": dataset.as_json(),
+        "variants": summary.variants,
+        "pairwise_vs": REFERENCE,
+        "pairwise": summary.pairwise,
+        "floor": summary.floor,
+    }
+    if judged:
+        document |= {"ceiling": summary.ceiling, "paper": _paper_document(dataset.directions)}
+    document |= {
+        "provenance": prov,
+        "fid_unavailable": summary.fid_unavailable,
+        "fid_kid_inputs": INCEPTION_INPUT,
+        "deviations": deviations(judged),
+    }
+    return _rounded(document)
+
+
+def _fcn_columns(name: str, entry: dict[str, Any], dataset: DatasetInfo) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for metric in dataset.fcn_metrics:
+        e = entry[metric]
+        row[metric] = e["mean"]
+        row[f"{metric}/bootstrap_low"], row[f"{metric}/bootstrap_high"] = e["bootstrap_ci95"]
+        row[f"{metric}/seeds_low"], row[f"{metric}/seeds_high"] = e["ci95"] or (math.nan, math.nan)
+        row[f"{metric}/share"] = e["share_of_ceiling"]
+        row[f"paper/{metric}"] = paper_value(name, metric)
+    return row
+
+
+def _fidelity_columns(entry: dict[str, Any], dataset: DatasetInfo) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for metric in dataset.fidelity_metrics:
+        e = entry[metric]
+        row[metric] = e["mean"]
+        row[f"{metric}/bootstrap_low"], row[f"{metric}/bootstrap_high"] = e["bootstrap_ci95"]
+        row[f"{metric}/seeds_low"], row[f"{metric}/seeds_high"] = e["ci95"] or (math.nan, math.nan)
+    return row
+
+
+def _distribution_columns(entry: dict[str, Any], dataset: DatasetInfo) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for metric in dataset.distribution_metrics:
+        row[metric] = entry[metric]["mean"]
+        if "subset_std" in entry[metric]:
+            row[f"{metric}/subset_std"] = mean_of_known(entry[metric]["subset_std"])
+    return row
 
 
 def csv_table(summary: Summary) -> pd.DataFrame:
-    """One row per variant, then floor and ceiling: each FCN metric's mean, bootstrap interval, seed
-    interval and floor-to-ceiling share; FID; the paper's numbers."""
+    """One row per variant, then the floor (and with a judge the ceiling): each FCN score's mean,
+    bootstrap interval, seed interval, floor-to-ceiling share and the paper's number; FID and KID (its
+    mean std over subsets beside it); SSIM and PSNR with their intervals. Only the dataset's metrics."""
+    dataset = summary.dataset
     rows: dict[str, dict[str, Any]] = {}
     for name, entry in summary.variants.items():
-        row: dict[str, Any] = {}
-        for metric in FCN_METRICS:
-            e = entry[metric]
-            row[metric] = e["mean"]
-            row[f"{metric}/bootstrap_low"], row[f"{metric}/bootstrap_high"] = e["bootstrap_ci95"]
-            row[f"{metric}/seeds_low"], row[f"{metric}/seeds_high"] = e["ci95"] or (math.nan, math.nan)
-            row[f"{metric}/share"] = e["share_of_ceiling"]
-            row[f"paper/{metric}"] = _paper(name, metric)
-        for direction in DIRECTIONS:
-            row[f"fid/{direction}"] = entry[f"fid/{direction}"].get("mean")
-        row["seeds"] = " ".join(map(str, entry["seeds"]))
-        rows[name] = row
-    rows[FLOOR] = {m: summary.floor[m] for m in FCN_METRICS}
-    rows[GROUND_TRUTH] = {m: summary.ceiling[m] for m in FCN_METRICS} | {
-        f"paper/{m}": _paper(GROUND_TRUTH, m) for m in FCN_METRICS
-    }
+        rows[name] = (
+            _fcn_columns(name, entry, dataset)
+            | _distribution_columns(entry, dataset)
+            | _fidelity_columns(entry, dataset)
+            | {"seeds": " ".join(map(str, entry["seeds"]))}
+        )
+    rows[FLOOR] = dict(summary.floor)
+    if dataset.has_judge:
+        rows[GROUND_TRUTH] = dict(summary.ceiling) | {
+            f"paper/{m}": paper_value(GROUND_TRUTH, m) for m in dataset.fcn_metrics
+        }
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "variant"
     return table
 
 
+def direction_keys(dataset: DatasetInfo) -> dict[str, str]:
+    """The short key of each direction in `dvc metrics show`'s columns: the domains' initials
+    (``l2p``, ``p2l``) when they differ, else the direction's name."""
+    a, b = dataset.domain_a[0], dataset.domain_b[0]
+    if a == b:
+        return {d: d for d in dataset.directions}
+    return dict(zip(dataset.directions, (f"{b}2{a}", f"{a}2{b}"), strict=True))
+
+
 def dvc_rows(summary: Summary) -> list[tuple[str, dict[str, dict[str, float]]]]:
-    """(row name, the numbers `dvc metrics show` prints for it) in table order: floor, variants, ceiling;
-    nested so that its columns read ``l2p.class_iou``."""
-    short = {"label2photo": "l2p", "photo2label": "p2l"}
+    """(row name, the numbers `dvc metrics show` prints for it) in table order: floor, variants, then
+    the ceiling where there is one; nested so that its columns read ``l2p.class_iou``, ``l2p.fid``.
+    Missing values (FID offline) are left out, never written as a number."""
+    dataset = summary.dataset
+    keys = direction_keys(dataset)
 
     def row(values: dict[str, float | None]) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
-        for direction in DIRECTIONS:
-            kept = {
-                s: round(float(values[f"fcn/{direction}/{s}"]), 5)
-                for s in SCORES
-                if values.get(f"fcn/{direction}/{s}") is not None
-            }
-            if kept:
-                out[short[direction]] = kept
-        return out
+        for metric in dataset.metrics:
+            if values.get(metric) is not None:
+                key = keys[metric_direction(metric)]
+                out.setdefault(key, {})[metric_column(metric)] = round(float(values[metric]), 5)
+        return {key: out[key] for key in keys.values() if key in out}
 
     rows = [(FLOOR, row(summary.floor))]
-    rows += [(name, row({m: e[m]["mean"] for m in FCN_METRICS})) for name, e in summary.variants.items()]
-    return [*rows, (GROUND_TRUTH, row(summary.ceiling))]
+    rows += [(name, row({m: e[m]["mean"] for m in dataset.metrics})) for name, e in summary.variants.items()]
+    if dataset.has_judge:
+        rows.append((GROUND_TRUTH, row(summary.ceiling)))
+    return rows

@@ -12,32 +12,23 @@ from PIL import Image
 
 from pipeline.core.errors import PipelineError
 from pipeline.judge.metrics import segmentation_scores
-from pipeline.report import figures
-from pipeline.report.build import build_report
+from pipeline.report.dataset import DatasetInfo
+from pipeline.report.inputs import load_inputs
 from pipeline.report.paper import PAPER_SCORES
-from pipeline.report.results import load_inputs, summarize
+from pipeline.report.results import summarize
 from pipeline.tracking import parent as parents
 from pipeline.tracking import runs
 from pipeline.tracking.report import ReportRecorder
 from stages import report as report_stage
 from tests.factories import confusions_with_accuracy, make_report_inputs
+from tests.report.builder import build
 
 QUALITY = {"cycle_only": 0.3, "gan_only": 0.4, "cyclegan": 0.5}
+CITYSCAPES = DatasetInfo()  # what a split without a dataset block holds
 
 
 def _build(inputs: dict, out: Path, variants=tuple(QUALITY), seeds=(0,), **kwargs):
-    return build_report(
-        list(variants),
-        list(seeds),
-        inputs["metrics"],
-        inputs["confusion"],
-        inputs["bounds"],
-        inputs["translations"],
-        inputs["split"],
-        inputs["train_plots"],
-        out,
-        **kwargs,
-    )
+    return build(inputs, out, variants, seeds, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +40,6 @@ def inputs(tmp_path_factory) -> dict:
 def built(inputs, tmp_path_factory):
     """The one-seed report built once with its real plots; tests below only read it."""
     return _build(inputs, tmp_path_factory.mktemp("built") / "reports")
-
-
-@pytest.fixture
-def fast_plots(monkeypatch):
-    """Plots replaced by a 1x1 PNG, for tests about everything but the plots."""
-
-    def tiny(*args):
-        Image.new("RGB", (1, 1)).save(args[-1])
-        return True
-
-    for name in ("plot_scores", "plot_per_class_iou", "plot_losses", "plot_samples"):
-        monkeypatch.setattr(figures, name, tiny)
 
 
 def test_point_values_are_the_evaluate_stages_scores(built, inputs):
@@ -137,7 +116,7 @@ def test_tables_show_floor_ceiling_share_and_paper_numbers(built):
     assert table.loc["cyclegan", "paper/fcn/label2photo/pixel_acc"] == 0.52
     assert "How this differs from the paper's protocol" in markdown and "FCN-8s" in markdown
     assert "One seed: this is one draw" in markdown and "Machine: cpu test" in markdown
-    assert "FID n/a (every variant)" in markdown
+    assert "FID and KID n/a (every variant, the floor): FID Inception weights" in markdown
 
 
 def test_pairwise_differences_are_paired_and_marked(built):
@@ -153,7 +132,9 @@ def test_pairwise_differences_are_paired_and_marked(built):
 def test_an_identical_variant_differs_by_exactly_zero(tmp_path, fast_plots):
     inputs = make_report_inputs(tmp_path, {"twin": 0.5, "cyclegan": 0.5}, seeds=[0])
     summary = summarize(
-        load_inputs(["twin", "cyclegan"], [0], inputs["metrics"], inputs["confusion"], inputs["bounds"]),
+        load_inputs(
+            ["twin", "cyclegan"], [0], inputs["metrics"], inputs["confusion"], inputs["bounds"], CITYSCAPES
+        ),
         1000,
         0,
     )
@@ -163,7 +144,9 @@ def test_an_identical_variant_differs_by_exactly_zero(tmp_path, fast_plots):
 
 def test_the_bootstrap_of_500_images_repeats_from_its_seed(tmp_path):
     inputs = make_report_inputs(tmp_path, QUALITY, seeds=[0], n_images=500)
-    loaded = load_inputs(list(QUALITY), [0], inputs["metrics"], inputs["confusion"], inputs["bounds"])
+    loaded = load_inputs(
+        list(QUALITY), [0], inputs["metrics"], inputs["confusion"], inputs["bounds"], CITYSCAPES
+    )
     start = time.perf_counter()
     first = summarize(loaded, 1000, 7)
     seconds = time.perf_counter() - start
@@ -190,7 +173,9 @@ def test_dvc_metric_rows_and_loss_curves(built):
         "4_ground_truth.json",
     ]
     row = json.loads((built.dvc_metrics / "3_cyclegan.json").read_text())
-    assert set(row) == {"l2p", "p2l"} and set(row["l2p"]) == {"pixel_acc", "class_acc", "class_iou"}
+    # FID and KID are null here (offline): left out, never written as a number.
+    assert set(row) == {"l2p", "p2l"}
+    assert set(row["l2p"]) == {"pixel_acc", "class_acc", "class_iou", "ssim", "psnr"}
     loss_d = pd.read_csv(built.losses / "loss_D_Y.csv")
     assert list(loss_d.columns) == ["step", "run", "loss_D_Y"]
     assert sorted(set(loss_d["run"])) == ["cyclegan-0", "gan_only-0"]  # cycle_only has no D
@@ -203,10 +188,12 @@ def test_dvc_metric_rows_and_loss_curves(built):
 
 def test_plots_are_valid_pngs(built):
     assert sorted(p.name for p in built.plots) == [
+        "distribution.png",
+        "fcn_scores.png",
+        "fidelity.png",
         "losses.png",
         "per_class_iou.png",
         "samples.png",
-        "scores.png",
     ]
     for path in built.plots:
         with Image.open(path) as image:
@@ -216,9 +203,9 @@ def test_plots_are_valid_pngs(built):
 
 def test_missing_files_are_clear_errors(inputs, tmp_path):
     with pytest.raises(PipelineError, match=r"nope-0\.npz not found: run the stage that writes it"):
-        load_inputs(["nope"], [0], inputs["metrics"], inputs["confusion"], inputs["bounds"])
+        load_inputs(["nope"], [0], inputs["metrics"], inputs["confusion"], inputs["bounds"], CITYSCAPES)
     with pytest.raises(PipelineError, match="no variants or no seeds"):
-        load_inputs([], [0], inputs["metrics"], inputs["confusion"], inputs["bounds"])
+        load_inputs([], [0], inputs["metrics"], inputs["confusion"], inputs["bounds"], CITYSCAPES)
 
 
 def test_rebuilding_replaces_the_report_atomically(inputs, fast_plots, tmp_path):
