@@ -15,8 +15,8 @@ The families, each present only where it means something:
 - distribution (``fid/<d>``, ``kid/<d>``): translations against the real test images of the target
   domain as sets, so they exist for every dataset.
 
-This reader is the report's own, written before the data layer had one; when the split stage's reader
-lands, this module should read through it and keep only the metric families.
+The block is read by the data layer (`pipeline.data.dataset`); this module adds what the report needs
+of it: the metric families, their names, and why one is missing.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.errors import PipelineError
+from pipeline.data.dataset import read_split_info as split_info
+from pipeline.data.manifest import SUMMARY
 from pipeline.judge.metrics import SCORES
 
-SUMMARY = "summary.json"  # the split's summary, beside its manifest
 CITYSCAPES = "cityscapes"
 FIDELITY = ("ssim", "psnr")  # per test image, against its true counterpart
 DISTRIBUTION = ("fid", "kid")  # per image set, from Inception features
@@ -126,32 +127,20 @@ def metric_column(metric: str) -> str:
 
 
 def read_split_info(split_dir: str | Path) -> DatasetInfo:
-    """The dataset the split at `split_dir` holds (Cityscapes for a split without a ``dataset`` block)."""
+    """The dataset the split at `split_dir` holds, read by the data layer's reader
+    (`pipeline.data.dataset.read_split_info`: Cityscapes for a split without a ``dataset`` block)."""
     path = Path(split_dir) / SUMMARY
+    info = split_info(split_dir)
+    domains = info.domains
+    if domains.get("A") == domains.get("B") or not domains.get("A") or not domains.get("B"):
+        raise PipelineError(f"{path}: domains must be two different names, got {domains}")
     try:
-        summary = json.loads(path.read_text())
-    except FileNotFoundError:
-        return DatasetInfo()
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"{path} is unreadable ({exc}): re-run the split stage") from None
-    block = summary.get("dataset") if isinstance(summary, dict) else None
-    if block is None:
-        return DatasetInfo()
-    try:
-        info = DatasetInfo(
-            domain_a=str(block["domains"]["A"]),
-            domain_b=str(block["domains"]["B"]),
-            classes=block.get("classes"),
-            paired_test=bool(block["paired_test"]),
-            layout=str(block.get("layout", "paired")),
-        )
-    except (KeyError, TypeError) as exc:
-        raise PipelineError(f"{path}: its dataset block lacks {exc}: re-run the split stage") from None
-    if info.domain_a == info.domain_b or not info.domain_a or not info.domain_b:
-        raise PipelineError(f"{path}: domains must be two different names, got {block['domains']}")
-    if list(block.get("directions", info.directions)) != list(info.directions):
+        block = json.loads(path.read_text()).get("dataset") or {}
+    except (OSError, ValueError, AttributeError):
+        block = {}
+    if "directions" in block and list(block["directions"]) != list(info.directions):
         raise PipelineError(
             f"{path}: directions {block['directions']} do not follow the domains "
             f"(expected {list(info.directions)}): re-run the split stage"
         )
-    return info
+    return DatasetInfo(domains["A"], domains["B"], info.classes, info.paired_test, info.layout)
