@@ -580,3 +580,54 @@ def make_full_split(root: Path) -> Path:
         shutil.rmtree(root / part)
     pd.concat(rows).to_csv(root / "manifest.csv", index=False)
     return root
+
+
+# --- other datasets: a pix2pix-style paired one and a CycleGAN-style unpaired one -------------------------
+
+
+def make_paired_dataset(root: Path, name: str = "facades", counts=None, size=(48, 24), seed: int = 0) -> Path:
+    """``root/<name>/{train,val,test}/N.png``: random A|B pairs of `size` (no class label maps);
+    returns ``root/<name>``."""
+    counts = counts or {"train": 6, "val": 3, "test": 2}
+    rng = np.random.default_rng(seed)
+    for split, count in counts.items():
+        folder = root / name / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(1, count + 1):
+            Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
+                folder / f"{index}.png"
+            )
+    return root / name
+
+
+WORDNET = {"A": "n02381460", "B": "n02391049"}  # horse, zebra
+
+
+def make_unpaired_dataset(
+    root: Path, name: str = "horse2zebra", counts=None, sizes=None, seed: int = 0
+) -> Path:
+    """``root/<name>/{trainA,trainB,testA,testB}/<stem>.jpg`` as the CycleGAN repo's zips hold them: domains
+    of other sizes, in images of other sizes (`sizes`: (width, height) per domain); returns the folder."""
+    counts = counts or {"trainA": 5, "trainB": 7, "testA": 3, "testB": 4}
+    sizes = sizes or {"A": (40, 40), "B": (36, 48)}
+    rng = np.random.default_rng(seed)
+    for split, count in counts.items():
+        folder = root / name / split
+        folder.mkdir(parents=True, exist_ok=True)
+        width, height = sizes[split[-1]]
+        for index in range(count):
+            pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(
+                folder / f"n0{(split[-1] == 'A' and 238) or 239}_{index}.jpg", quality=95
+            )
+    return root / name
+
+
+def make_zip(folder: Path, archive: Path) -> Path:
+    """`folder` (a dataset folder) as a zip holding ``<folder name>/...``, as the CycleGAN repo's are."""
+    import zipfile
+
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        for path in sorted(folder.rglob("*")):
+            zipped.write(path, path.relative_to(folder.parent).as_posix())
+    return archive

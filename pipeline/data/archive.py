@@ -92,7 +92,10 @@ __all__ = [
     "sniff_archive",
 ]
 
-SOURCE_HINT = f"point data.source (or {SOURCE_ENV}) at the pix2pix cityscapes.tar.gz"
+SOURCE_HINT = (
+    f"point data.source (or {SOURCE_ENV}) at the dataset: a pix2pix .tar.gz (cityscapes.tar.gz), a CycleGAN "
+    ".zip (horse2zebra.zip) or a folder in either layout"
+)
 # The Cityscapes default, which the split stage reads at out_dir/cityscapes; an archive may name any
 # dataset folder (`CheckedArchive.dataset`).
 DATASET_FOLDER = "cityscapes"

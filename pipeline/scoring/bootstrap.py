@@ -22,7 +22,10 @@ CONFIDENCE = 0.95
 
 
 def resample_counts(n_images: int, resamples: int, seed: int) -> np.ndarray:
-    """``(resamples, n_images)`` int counts: how often each image is drawn in each resample."""
+    """``(resamples, n_images)`` int counts: how often each image is drawn in each resample (no columns
+    for a set of no images: a dataset with no per-image scores)."""
+    if n_images == 0:
+        return np.zeros((resamples, 0), dtype=np.int64)
     rng = np.random.default_rng(seed)
     return rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=resamples).astype(np.int64)
 

@@ -50,7 +50,6 @@ def test_translate_errors_are_one_line_and_exit_1(tmp_path: Path, capsys):
     [
         [],
         ["translate", "c.pt", "in", "out"],  # --direction is required
-        ["translate", "c.pt", "in", "out", "--direction", "sideways"],
         ["translate", "c.pt", "in", "out", "--direction", "photo2label", "--batch-size", "x"],
         ["deploy", "--pool", "gpu"],  # gone: prefect.yaml holds the deployments (prefect deploy --all)
     ],
