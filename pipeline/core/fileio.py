@@ -17,6 +17,7 @@ temp file or staging folder of the same output a leftover to be removed rather t
 from __future__ import annotations
 
 import contextlib
+import copy
 import glob
 import json
 import math
@@ -24,6 +25,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,4 +212,26 @@ def save_torch(path: str | os.PathLike, state: Any) -> None:
     import torch
 
     with atomic_file(path, "wb", temp_dir=Path(path).absolute().parent.parent) as handle:
-        torch.save(state, handle)
+        torch.save(_canonical(state), handle)
+
+
+def _canonical(value: Any) -> Any:
+    """`value` with its containers rebuilt and its strings interned, so that equal states pickle to
+    equal bytes. Pickle writes an object it has seen by reference: a fresh run's state shares the
+    strings of torch's source ("lr" in every Adam param group), a resumed run's state holds the
+    separate copies that loading made, and the same checkpoint would otherwise differ in its bytes
+    (and so in its DVC md5) by whether its run was ever interrupted."""
+    if type(value) is str:
+        return sys.intern(value)
+    if isinstance(value, dict):  # a state_dict's OrderedDict keeps its `_metadata` attribute
+        rebuilt = {} if type(value) is dict else copy.copy(value)
+        rebuilt.clear()
+        rebuilt.update((_canonical(k), _canonical(v)) for k, v in value.items())
+        for name, attribute in getattr(value, "__dict__", {}).items():
+            setattr(rebuilt, name, _canonical(attribute))
+        return rebuilt
+    if type(value) is list:
+        return [_canonical(v) for v in value]
+    if type(value) is tuple:  # not torch.Size or a named tuple: those keep their type
+        return tuple(_canonical(v) for v in value)
+    return value

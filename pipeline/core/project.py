@@ -56,18 +56,18 @@ def dvc_output_md5(path: str | os.PathLike) -> str | None:
     return None
 
 
-def data_source(start: str | os.PathLike) -> str | None:
-    """Where the project's data came from: the `source` the download stage recorded in its
-    provenance file (None outside a DVC repo or before the data was downloaded)."""
+def data_provenance(start: str | os.PathLike) -> dict:
+    """The provenance file the download stage wrote (where the data came from, which dataset):
+    empty outside a DVC repo or before the data was downloaded."""
     import json
 
     root = dvc_root(start)
     if root is None:
-        return None
+        return {}
     outs = (read_lock(root).get("download") or {}).get("outs") or []
     if not outs:
-        return None
+        return {}
     try:
-        return json.loads((root / outs[0]["path"] / "provenance.json").read_text()).get("source")
+        return json.loads((root / outs[0]["path"] / "provenance.json").read_text())
     except (OSError, ValueError, KeyError):
-        return None
+        return {}

@@ -98,24 +98,31 @@ def publish_summary(markdown: str) -> None:
     )
 
 
-def scores_artifact(project: Path) -> None:
-    """The report's scores with their intervals as a Prefect table artifact."""
-    from prefect.artifacts import create_table_artifact
-
-    path = project / "reports" / "ablation.json"
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
+def scores_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per variant of a report (reports/ablation.json): each scalar score as
+    ``mean [95% interval]``, whatever metrics the dataset has."""
     rows = []
     for name, entry in document.get("variants", {}).items():
         row: dict[str, Any] = {"variant": name, "seeds": ",".join(map(str, entry.get("seeds", [])))}
         for metric, value in entry.items():
-            if isinstance(value, dict) and metric.startswith("fcn/") and value.get("mean") is not None:
-                interval = value.get("ci95") or value.get("bootstrap_ci95") or [None, None]
-                row[metric] = f"{value['mean']:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+            if isinstance(value, dict) and value.get("mean") is not None:
+                interval = value.get("ci95") or value.get("bootstrap_ci95")
+                shown = f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+                row[metric] = f"{value['mean']:.3f}{shown}"
         rows.append(row)
-    create_table_artifact(rows, key=SCORES_ARTIFACT_KEY, description="FCN scores, mean [95% interval]")
+    return rows
+
+
+def scores_artifact(project: Path) -> None:
+    """The report's scores with their intervals as a Prefect table artifact."""
+    from prefect.artifacts import create_table_artifact
+
+    try:
+        document = json.loads((project / "reports" / "ablation.json").read_text())
+    except (OSError, ValueError):
+        return
+    description = "the scores its dataset has (FCN, FID, KID, SSIM, PSNR), mean [95% interval]"
+    create_table_artifact(scores_rows(document), key=SCORES_ARTIFACT_KEY, description=description)
 
 
 def failure_message(outcomes: Mapping[str, str], kind: str) -> str | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.profiles import matching_profile
-from pipeline.core.project import data_source, dvc_output_md5
+from pipeline.core.project import data_provenance, dvc_output_md5
 from pipeline.core.recording import Recorder
 from pipeline.core.urls import redact_url
 from pipeline.tracking import liveness, runs
@@ -57,8 +57,9 @@ class TrainRecorder(Recorder):
                 )
             self.run_id, data_version = self._new_run(facts)
             self.logger = runs.RunLogger(self.run_id, self.say)
-            source = data_source(Path(facts["split"])) or "unknown"
-            self.logger.call("log_dataset", "cityscapes-split", data_version, source)
+            provenance = data_provenance(Path(facts["split"]))
+            name = f"{provenance.get('dataset') or 'dataset'}-split"
+            self.logger.call("log_dataset", name, data_version, provenance.get("source") or "unknown")
         # A resumed run may go further (max_steps): its digest is the one its finished checkpoint will have.
         self.logger.call("set_tags", {runs.DIGEST_TAG: facts["digest"]})
         self.system = runs.system_metrics(self.run_id, resumed=previous == self.run_id, say=self.say)

@@ -141,3 +141,29 @@ def test_a_sigterm_while_publishing_waits_until_all_entries_are_in(tmp_path):
     child = run_script(PUBLISH_UNDER_SIGTERM, [str(out), str(tmp)])
     assert child.returncode == -signal.SIGTERM  # it did die of the signal, after the moves
     assert {p.read_text() for p in out.rglob("*") if p.is_file()} == {"new"}
+
+
+def test_a_resumed_state_has_the_bytes_of_the_state_never_interrupted(tmp_path):
+    # A resumed run's state mixes what loading its checkpoint made (its config, its history) with what
+    # torch makes afresh (the optimisers' state); the run that was never interrupted holds only the
+    # latter, whose equal strings are one object. Their finished checkpoints are DVC outputs: equal
+    # states must have equal bytes.
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.InstanceNorm2d(4, affine=True))
+    optimiser = torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    net(torch.randn(1, 3, 8, 8)).sum().backward()
+    optimiser.step()
+
+    def state(config):
+        return {
+            "config": config,
+            "G": net.state_dict(),
+            "optim_G": optimiser.state_dict(),
+            "size": torch.Size([3]),
+        }
+
+    save_torch(tmp_path / "fresh" / "checkpoint.pt", state({"lr": 2e-4, "betas": [0.5, 0.999]}))
+    loaded = torch.load(tmp_path / "fresh" / "checkpoint.pt", weights_only=False)
+    save_torch(tmp_path / "resumed" / "checkpoint.pt", state(loaded["config"]))
+    fresh, resumed = ((tmp_path / name / "checkpoint.pt").read_bytes() for name in ("fresh", "resumed"))
+    assert fresh == resumed
+    assert loaded["G"]._metadata == net.state_dict()._metadata and isinstance(loaded["size"], torch.Size)

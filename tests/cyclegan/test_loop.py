@@ -224,6 +224,8 @@ def test_resume_after_sigkill_is_bit_identical(split_dir, tmp_path):
     resumed, reference = weights(killed / "checkpoint.pt"), weights(straight / "checkpoint.pt")
     assert resumed.keys() == reference.keys()
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    # Bit for bit as a file too: its DVC md5 does not tell whether the run was interrupted.
+    assert (killed / "checkpoint.pt").read_bytes() == (straight / "checkpoint.pt").read_bytes()
     # ...and so is everything else: optimisers, pools, sampler, the saved RNG states, the history.
     assert_same_checkpoint(
         load_checkpoint(killed / "checkpoint.pt"), load_checkpoint(straight / "checkpoint.pt")

@@ -67,7 +67,7 @@ def test_variant_run_describes_itself_and_holds_models_not_the_checkpoint(split_
     assert tags[parents.ABLATION_KEY_TAG] == key
     assert tags["mlflow.parentRunId"] == parents.open_parent(cfg.experiment, key)
     (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
-    assert dataset.name == "cityscapes-split" and dataset.digest == "unknown"  # a hand-made split
+    assert dataset.name == "dataset-split" and dataset.digest == "unknown"  # a hand-made split: no download
     for name in ("loss_G", "loss_D_X", "loss_D_Y", "loss_cycle_forward", "loss_cycle_backward", "lr"):
         history = client().get_metric_history(run.info.run_id, f"train/{name}")
         assert [m.step for m in history] == [5, 10, 12], name
