@@ -18,6 +18,7 @@ from pipeline.report.paper import (
     PAPER_SOURCE,
     deviations,
     paper_value,
+    variant_order,
 )
 from pipeline.report.results import REFERENCE, Summary, mean_of_known
 
@@ -51,7 +52,7 @@ def _rounded(value: Any) -> Any:
 
 def _paper_document(directions: tuple[str, ...]) -> dict[str, dict[str, float]]:
     """The paper's FCN scores by row name, as metric names."""
-    names = {n for d in directions for n in PAPER_SCORES.get(d, {})}
+    names = sorted({n for d in directions for n in PAPER_SCORES.get(d, {})}, key=variant_order)
     return {
         name: {
             f"fcn/{d}/{s}": PAPER_SCORES[d][name][i]

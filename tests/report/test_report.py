@@ -20,7 +20,7 @@ from pipeline.tracking import parent as parents
 from pipeline.tracking import runs
 from pipeline.tracking.report import ReportRecorder
 from stages import report as report_stage
-from tests.factories import confusions_with_accuracy, make_report_inputs
+from tests.factories import confusions_with_accuracy, make_report_inputs, run_script
 from tests.report.builder import build
 
 QUALITY = {"cycle_only": 0.3, "gan_only": 0.4, "cyclegan": 0.5}
@@ -335,3 +335,29 @@ def test_stage_reads_variants_and_seeds_from_params(inputs, fast_plots, tmp_path
     params.write_text("report: {}\nseeds: [0]\nvariants: {missing_one: {}}\n")
     assert report_stage.main(argv) == 1
     assert "missing_one-0.npz not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_report_has_the_same_bytes_in_every_process(inputs, tmp_path, store):
+    # Committed to git and never cached, the report is rebuilt in every clone: nothing in it may follow
+    # the order of a set of strings, which Python's hash seed changes from one process to the next.
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "report: {n_samples: 2}\nseeds: [0]\nvariants: {cycle_only: {}, gan_only: {}, cyclegan: {}}\n"
+    )
+    argv = [
+        "--params",
+        str(params),
+        "--metrics",
+        str(inputs["metrics"]),
+        "--confusion",
+        str(inputs["confusion"]),
+    ]
+    argv += ["--bounds", str(inputs["bounds"]), "--translations", str(inputs["translations"])]
+    argv += ["--split", str(inputs["split"]), "--train-plots", str(inputs["train_plots"])]
+    script = "import sys; from stages.report import main; sys.exit(main(sys.argv[1:]))"
+    for seed in ("1", "2"):
+        child = run_script(script, [*argv, "--out", str(tmp_path / seed)], env={"PYTHONHASHSEED": seed})
+        assert child.returncode == 0, child.stderr
+    for name in ("ablation.json", "ablation.csv", "ablation.md"):
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
