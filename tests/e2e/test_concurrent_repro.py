@@ -144,7 +144,7 @@ def test_a_sigkilled_concurrent_repro_resumes_each_run_to_the_same_bytes(referen
     first.wait()
     # The guards see their flow process gone and stop every stage, each saving its checkpoint.
     deadline = time.monotonic() + 60
-    while any("stages.train" in " ".join(p.cmdline()) for p in _children_in(project)):
+    while _trainings_in(project):
         assert time.monotonic() < deadline, "stages outlived the killed repro"
         time.sleep(0.5)
     interrupted = {path.parent.name for path in _resume_files(project)}
@@ -158,12 +158,11 @@ def test_a_sigkilled_concurrent_repro_resumes_each_run_to_the_same_bytes(referen
     assert digests(project) == digests(project_a)  # bit for bit the uninterrupted runs
 
 
-def _children_in(project: Path) -> list[psutil.Process]:
+def _trainings_in(project: Path) -> list[int]:
+    """Pids of the training stages running in `project` (a process may end while it is looked at)."""
     found = []
-    for process in psutil.process_iter(["cwd"]):
-        try:
-            if process.info["cwd"] and Path(process.info["cwd"]) == project:
-                found.append(process)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
+    for process in psutil.process_iter(["cwd", "cmdline"]):
+        info = process.info
+        if info["cwd"] and Path(info["cwd"]) == project and "stages.train" in " ".join(info["cmdline"] or []):
+            found.append(process.pid)
     return found

@@ -93,8 +93,13 @@ def test_every_run_is_a_child_under_one_parent_then_the_collect_restores_them(
     # The collect: every stage from the remote's run cache (restore only), then the report, here.
     calls, envs = fakes["dvc"].calls, fakes["dvc"].envs
     expected = [["repro", "--pull", stage] for stage in ("download", "split", "judge", "bounds")]
-    expected += [["repro", "--pull", f"{kind}@{name}"] for name in RUNS for kind in VARIANT_KINDS]
-    assert calls == [*expected, ["repro", "--pull", "report"]]
+    assert calls[:4] == expected
+    # The runs' training stages side by side (in any order), each checking its own stage only...
+    trains = sorted(calls[4 : 4 + len(RUNS)])
+    assert trains == [["repro", "--single-item", "--pull", f"train@{name}"] for name in sorted(RUNS)]
+    # ...then each run's translate and evaluate, then the report.
+    scored = [["repro", "--pull", f"{kind}@{name}"] for name in RUNS for kind in VARIANT_KINDS[1:]]
+    assert calls[4 + len(RUNS) :] == [*scored, ["repro", "--pull", "report"]]
     # Restore only: every stage but the report runs with a `python` first on PATH that refuses to run.
     assert all("cyclegan-restore-only" in env["PATH"].split(":")[0] for env in envs[:-1])
     assert "cyclegan-restore-only" not in envs[-1]["PATH"]
