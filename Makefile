@@ -27,7 +27,7 @@ repro: $(STAMP)
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	ruff check .
-	python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 # Re-pin constraints.txt to what .venv holds now (after changing dependencies in pyproject.toml).
 constraints: $(STAMP)

@@ -26,9 +26,9 @@ from tests.factories import copy_project
 
 pytestmark = pytest.mark.e2e
 
-# Long enough to kill mid-training: a few hundred tiny steps (4 images a domain: 4 steps an epoch), a
+# Long enough to kill mid-training: a hundred tiny steps (4 images a domain: 4 steps an epoch), a
 # checkpoint every 10.
-STEPS = 300
+STEPS = 100
 OVERRIDES = [
     *(o for o in TINY_OVERRIDES if not o.startswith(("++train.max_steps", "++train.checkpoint_every"))),
     f"++train.max_steps={STEPS}",
