@@ -22,12 +22,12 @@ $(STAMP): pyproject.toml constraints.txt
 repro: $(STAMP)
 	cyclegan repro $(if $(JOBS),--jobs $(JOBS)) $(if $(PROFILE),--profile $(PROFILE))
 
-# Two pytest workers: the end-to-end tests (one xdist group, tests/conftest.py) mostly wait on servers
-# and subprocesses while the other worker runs the rest. TEST_WORKERS=0 runs everything in one process.
+# Two pytest workers: each end-to-end module runs whole on one of them (its module fixtures once,
+# tests/conftest.py), every other test goes to whichever is free. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	ruff check .
-	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
+	python -m pytest -n $(TEST_WORKERS) --durations=25
 
 # Re-pin constraints.txt to what .venv holds now (after changing dependencies in pyproject.toml).
 constraints: $(STAMP)

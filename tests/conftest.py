@@ -10,12 +10,22 @@ from pipeline.data.download import SOURCE_ENV
 from tests.factories import make_archive, make_pix2pix_tree
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under `pytest -n N --dist loadgroup` (make test) the end-to-end tests share one worker, so their
-    session fixtures (servers, the project copy, the ablation run) start once; the rest spread out."""
-    for item in items:
-        if item.get_closest_marker("e2e"):
-            item.add_marker(pytest.mark.xdist_group("e2e"))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under `pytest -n N` (make test) each end-to-end module runs whole on one worker, so its module
+    fixtures (a whole ablation, a concurrent repro) run once; every other test is scheduled on its own.
+
+    xdist's `--dist loadgroup` would do this from an `xdist_group` mark, but pytest-xdist 3.8 marks the
+    group by rewriting `item._nodeid`, which pytest 9 no longer reads: the groups are silently lost.
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    class EndToEndModulesWhole(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if path.startswith("tests/e2e/") else nodeid
+
+    return EndToEndModulesWhole(config, log)
 
 
 @pytest.fixture(autouse=True)
