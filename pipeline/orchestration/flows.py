@@ -167,7 +167,9 @@ def _all_completed(outcomes: Mapping[str, str]) -> bool:
     return all(outcome == "completed" for outcome in outcomes.values())
 
 
-def _check_parent(parent_id: str, store: str) -> None:
+def _check_parent(parent_id: str, store_uri: str) -> None:
+    """Refuse a parent run id that the store this process records to does not hold (a fan-out child
+    under another MLFLOW_TRACKING_URI would record its run where the parent's UI never shows it)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -176,7 +178,7 @@ def _check_parent(parent_id: str, store: str) -> None:
         found = False
     if not found:
         raise PipelineError(
-            f"the MLflow parent run {parent_id} is not in {redact_url(store)}: every worker of a fan-out "
+            f"the MLflow parent run {parent_id} is not in {redact_url(store_uri)}: every worker of a fan-out "
             "needs the same MLFLOW_TRACKING_URI (prefect.yaml's job_variables)"
         )
 

@@ -129,10 +129,18 @@ def ablation_with_recorder(
     project_dir: str | None,
     push: bool = False,
     seeds: list[int] | None = None,
+    parent_run_id: str | None = None,
 ):
     # Enough GPU slots that the sequential tasks never wait on each other's slot release.
     return run_ablation(
-        variants, overrides, project_dir, gpu_slots=8, push=push, runner=RECORDER, seeds=seeds
+        variants,
+        overrides,
+        project_dir,
+        gpu_slots=8,
+        push=push,
+        runner=RECORDER,
+        seeds=seeds,
+        parent_run_id=parent_run_id,
     )
 
 
@@ -409,3 +417,20 @@ def test_dvc_command_runs_a_stage_and_reports_its_error_line(tmp_path: Path):
         StageFailed, match=r"exited with \d+: error: the params say no; ERROR: failed to reproduce .bad."
     ):
         dvc_command(["repro", "bad"], root, env)
+
+
+def test_a_fan_out_child_records_under_the_parent_it_is_handed_and_refuses_an_unknown_one(
+    project, prefect_api, mlflow_store, recorder
+):
+    from pipeline.tracking import runs
+
+    parent_id = runs.start_run("flow-tests", "ablation-handed-down", None, {}, {})
+    state = ablation_with_recorder(["a"], None, str(project), parent_run_id=parent_id, return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["mlflow_parent_run_id"] == parent_id
+    assert all(env["CYCLEGAN_PARENT_RUN_ID"] == parent_id for env in recorder.envs)
+
+    recorder.__init__()
+    state = ablation_with_recorder(["a"], None, str(project), parent_run_id="0" * 32, return_state=True)
+    assert state.is_failed() and recorder.calls == []
+    assert f"the MLflow parent run {'0' * 32} is not in {mlflow_store}" in state.message, state.message
