@@ -316,20 +316,18 @@ def test_confusion_factory_scores_what_it_says():
     assert segmentation_scores(confusions_with_accuracy([0.25, 0.75]).sum(axis=0))["pixel_acc"] == 0.5
 
 
+def _stage_argv(params: Path, inputs: dict[str, Path]) -> list[str]:
+    """`stages.report`'s arguments for the built inputs, all but `--out`."""
+    argv = ["--params", str(params), "--metrics", str(inputs["metrics"])]
+    argv += ["--confusion", str(inputs["confusion"]), "--bounds", str(inputs["bounds"])]
+    argv += ["--translations", str(inputs["translations"]), "--split", str(inputs["split"])]
+    return [*argv, "--train-plots", str(inputs["train_plots"])]
+
+
 def test_stage_reads_variants_and_seeds_from_params(inputs, fast_plots, tmp_path, capsys, store):
     params = tmp_path / "params.yaml"
     params.write_text("report: {n_samples: 2}\nseeds: [0, 1]\nvariants: {gan_only: {}, cyclegan: {}}\n")
-    argv = [
-        "--params",
-        str(params),
-        "--metrics",
-        str(inputs["metrics"]),
-        "--confusion",
-        str(inputs["confusion"]),
-    ]
-    argv += ["--bounds", str(inputs["bounds"]), "--translations", str(inputs["translations"])]
-    argv += ["--split", str(inputs["split"]), "--train-plots", str(inputs["train_plots"])]
-    argv += ["--out", str(tmp_path / "reports")]
+    argv = [*_stage_argv(params, inputs), "--out", str(tmp_path / "reports")]
     assert report_stage.main(argv) == 0
     assert "2 variants x 2 seeds" in capsys.readouterr().out
     params.write_text("report: {}\nseeds: [0]\nvariants: {missing_one: {}}\n")
@@ -345,16 +343,7 @@ def test_the_report_has_the_same_bytes_in_every_process(inputs, tmp_path, store)
     params.write_text(
         "report: {n_samples: 2}\nseeds: [0]\nvariants: {cycle_only: {}, gan_only: {}, cyclegan: {}}\n"
     )
-    argv = [
-        "--params",
-        str(params),
-        "--metrics",
-        str(inputs["metrics"]),
-        "--confusion",
-        str(inputs["confusion"]),
-    ]
-    argv += ["--bounds", str(inputs["bounds"]), "--translations", str(inputs["translations"])]
-    argv += ["--split", str(inputs["split"]), "--train-plots", str(inputs["train_plots"])]
+    argv = _stage_argv(params, inputs)
     script = "import sys; from stages.report import main; sys.exit(main(sys.argv[1:]))"
     for seed in ("1", "2"):
         child = run_script(script, [*argv, "--out", str(tmp_path / seed)], env={"PYTHONHASHSEED": seed})
