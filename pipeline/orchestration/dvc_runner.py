@@ -30,7 +30,20 @@ StageRunner = Callable[[Sequence[str], Path, Mapping[str, str]], None]
 
 
 class StageFailed(PipelineError):
-    """A DVC command exited non-zero; the message carries the stage's own error line."""
+    """A DVC command exited non-zero; the message carries the stage's own error line.
+
+    `explained`: the stage said what is wrong in an ``error:`` line (a bad param, a missing input, a
+    store it cannot reach: something for the user to fix, which a rerun of the same command meets
+    again), rather than dying without a word (killed, lost, out of memory), which a retry can outlive.
+    """
+
+    def __init__(self, message: str, explained: bool = False):
+        super().__init__(message)
+        self.explained = explained
+
+
+def _explained(lines: Sequence[str]) -> bool:
+    return any(line.startswith("error:") for line in lines)
 
 
 def _error_detail(lines: Sequence[str]) -> str:
@@ -103,7 +116,8 @@ def _guarded(command: list[str], project_dir: Path, env: Mapping[str, str], what
         with _RUNNING_LOCK:
             _RUNNING.discard(process)
     if returncode != 0:
-        raise StageFailed(f"`{what}` exited with {returncode}: {_error_detail(list(tail))}")
+        lines = list(tail)
+        raise StageFailed(f"`{what}` exited with {returncode}: {_error_detail(lines)}", _explained(lines))
 
 
 def _stop(process: subprocess.Popen) -> None:

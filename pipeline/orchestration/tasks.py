@@ -16,7 +16,7 @@ from prefect.tasks import exponential_backoff
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.progress import INTERVAL_ENV
-from pipeline.orchestration.dvc_runner import StageRunner
+from pipeline.orchestration.dvc_runner import StageFailed, StageRunner
 from pipeline.tracking.parent import PARENT_ENV
 
 SHARED_STAGES = ("download", "split", "judge", "bounds")
@@ -71,9 +71,21 @@ def stage_task(stage: str):
         )
     elif kind in TRAINING_STAGES:
         # Resume is exact, so a retry after a lost worker or a killed process costs only the steps
-        # since the last checkpoint.
-        options.update(retries=TRAINING_RETRIES, retry_delay_seconds=TRAINING_RETRY_DELAY_S)
+        # since the last checkpoint. A stage that said what is wrong fails at once: a bad param would
+        # only be refused again, minutes later.
+        options.update(
+            retries=TRAINING_RETRIES,
+            retry_delay_seconds=TRAINING_RETRY_DELAY_S,
+            retry_condition_fn=unexplained_failure,
+        )
     return run_stage.with_options(**options)
+
+
+def unexplained_failure(task, task_run, state) -> bool:
+    """Prefect's `retry_condition_fn`: retry a stage that died without saying why, not one whose own
+    ``error:`` line says what the user must fix (a `StageFailed` that is `explained`)."""
+    failure = state.result(raise_on_failure=False)
+    return not (isinstance(failure, StageFailed) and failure.explained)
 
 
 def visible_gpus() -> int:

@@ -9,6 +9,7 @@ import json
 import subprocess
 
 import pytest
+import requests
 import yaml
 
 from tests.e2e.harness import (
@@ -96,6 +97,13 @@ def test_failing_variant_fails_the_flow_and_names_it(ablation_run, prefect_serve
 
     states = task_run_states(prefect_server.url, run.flow_run["id"])
     assert states["train@gan_only-0"] == "FAILED"
+    # Its `error:` line said what is wrong: it failed at once, not after two retries 30 s apart.
+    body = {
+        "flow_runs": {"id": {"any_": [run.flow_run["id"]]}},
+        "task_runs": {"name": {"any_": ["train@gan_only-0"]}},
+    }
+    (train,) = requests.post(f"{prefect_server.url}/task_runs/filter", json=body, timeout=10).json()
+    assert train["run_count"] == 1, train
     assert "translate@gan_only-0" not in states
     assert states["evaluate@cyclegan-0"] == "COMPLETED", states
 

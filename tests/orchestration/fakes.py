@@ -29,7 +29,8 @@ class RecordingDvc:
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
-        self.fail: set[str] = set()
+        self.fail: set[str] = set()  # fail saying why (the stage's own `error:` line)
+        self.die: dict[str, int] = {}  # stage -> how many times it dies without a word (killed, lost)
         self.envs: list[dict[str, str]] = []
         self.hold: dict[str, threading.Event] = {}  # stage -> released when set
         self.reached: dict[str, threading.Event] = {}
@@ -48,7 +49,11 @@ class RecordingDvc:
             }
             (project_dir / "dvc.lock").write_text(yaml.safe_dump(lock))
         if stage in self.fail:
-            raise StageFailed(f"`dvc {' '.join(args)}` exited with 1: error: {stage} is broken")
+            message = f"`dvc {' '.join(args)}` exited with 1: error: {stage} is broken"
+            raise StageFailed(message, explained=True)
+        if self.die.get(stage, 0) > 0:
+            self.die[stage] -= 1
+            raise StageFailed(f"`dvc {' '.join(args)}` exited with 137: Killed")
 
 
 def parent_run(uri: str, flow_run_id) -> object:

@@ -375,6 +375,21 @@ def test_failing_variant_does_not_stop_the_others(project, prefect_api, mlflow_s
     assert parent_run(mlflow_store, state.state_details.flow_run_id).info.status == "FAILED"
 
 
+def test_a_training_stage_that_says_what_is_wrong_fails_at_once_and_a_killed_one_is_retried(
+    project, prefect_api, mlflow_store, recorder, monkeypatch
+):
+    monkeypatch.setattr(tasks, "TRAINING_RETRY_DELAY_S", 0.0)
+    recorder.fail = {"train@b-0"}  # a bad param: the stage's own `error:` line, the same on every rerun
+    recorder.die = {"train@a-0": 2}  # killed twice (a lost worker, the OOM killer), then it trains on
+    state = ablation_with_recorder(["a", "b"], None, str(project), return_state=True)
+    assert state.is_failed() and "variant(s) failed: b-0" in state.message, state.message
+    trains = [call[-1] for call in recorder.calls if call[-1].startswith("train@")]
+    assert trains.count("train@b-0") == 1
+    assert trains.count("train@a-0") == 1 + tasks.TRAINING_RETRIES
+    states = _task_states(state.state_details.flow_run_id, {"train@a-0", "train@b-0", "evaluate@a-0"})
+    assert states == {"train@a-0": "COMPLETED", "train@b-0": "FAILED", "evaluate@a-0": "COMPLETED"}
+
+
 def test_failing_shared_stage_stops_the_flow(project, prefect_api, mlflow_store, recorder):
     recorder.fail = {"split"}
     state = ablation_with_recorder(["a"], None, str(project), return_state=True)
@@ -415,8 +430,13 @@ def test_dvc_command_runs_a_stage_and_reports_its_error_line(tmp_path: Path):
     assert "good" in yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     with pytest.raises(
         StageFailed, match=r"exited with \d+: error: the params say no; ERROR: failed to reproduce .bad."
-    ):
+    ) as failed:
         dvc_command(["repro", "bad"], root, env)
+    assert failed.value.explained  # the stage said why: the flow does not retry it
+    (root / "bad.py").write_text("import os\nos._exit(137)\n")  # dies without a word, as when killed
+    with pytest.raises(StageFailed) as died:
+        dvc_command(["repro", "bad"], root, env)
+    assert not died.value.explained
 
 
 def test_a_fan_out_child_records_under_the_parent_it_is_handed_and_refuses_an_unknown_one(
