@@ -3,6 +3,9 @@
 
 No servers: DVC runs every stage for real in a throw-away copy of the project, with the project's
 default MLflow store (mlflow.db at its root). A few minutes on 2 cores.
+
+Three of the five variants, chosen so that each loss term's plot holds a different set of runs: the
+whole ablation runs through the Prefect deployment in `tests/e2e/test_prefect_flow.py`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from tests.factories import N_TRAIN, N_VAL, TINY_OVERRIDES, copy_project, make_a
 
 pytestmark = pytest.mark.e2e
 
-VARIANTS = ["cycle_only", "gan_only", "gan_forward", "gan_backward", "cyclegan"]
+VARIANTS = ["cycle_only", "gan_backward", "cyclegan"]
+FEWER = ["~variants.gan_only", "~variants.gan_forward"]
 
 
 def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
@@ -53,8 +57,9 @@ def project(tmp_path_factory) -> Path:
     make_pix2pix_tree(root / "dataset", n_train=N_TRAIN, n_val=N_VAL)
     make_archive(root / "dataset", root / "cityscapes.tar.gz")
     project = copy_project(root / "project", keep_lock=False, commit=True)
-    apply_params_overrides(project / "params.yaml", TINY_OVERRIDES, backup_path=root / "params.before.yaml")
-    commit(project, "tiny")
+    overrides = [*TINY_OVERRIDES, *FEWER]
+    apply_params_overrides(project / "params.yaml", overrides, backup_path=root / "params.before.yaml")
+    commit(project, "tiny, three variants")
     dvc(project, "repro")
     return project
 
@@ -99,7 +104,7 @@ def test_dvc_plots_overlay_every_run_per_loss_term(project):
     expected = {
         "loss_G": set(VARIANTS),
         "loss_D_Y": set(VARIANTS) - {"cycle_only"},
-        "loss_cycle_forward": {"cycle_only", "gan_forward", "cyclegan"},
+        "loss_cycle_forward": {"cycle_only", "cyclegan"},
     }
     for term, variants in expected.items():
         (plot,) = shown["data"][f"reports/losses/{term}.csv"]
@@ -125,7 +130,7 @@ def test_two_seeds_as_an_experiment_give_intervals_across_seeds(project):
     markdown = (project / "reports" / "ablation.md").read_text()
     assert "Floor: content-free output" in markdown and "The paper's question" in markdown
     runs = children(project, launch_parents(project)[-1])
-    assert len(runs) == 10  # five trained now (seed 1), five reused from the first launch (seed 0)
+    assert len(runs) == 2 * len(VARIANTS)  # trained now (seed 1), and reused from the first launch (seed 0)
     dvc(project, "exp", "apply", dvc(project, "exp", "ls", "--name-only").stdout.split()[-1])
     commit(project, "two seeds")
 
@@ -143,7 +148,7 @@ def test_a_removed_variant_leaves_the_report_and_the_parent(project):
     assert not [p for p in (project / "reports" / "metrics").iterdir() if "gan_backward" in p.name]
     parent = launch_parents(project)[-1]
     names = {run.data.tags["cyclegan.variant"] for run in children(project, parent)}
-    assert "gan_backward" not in names and len(names) == 4
+    assert "gan_backward" not in names and len(names) == len(VARIANTS) - 1
     assert "GAN + backward cycle" not in parent.data.tags["mlflow.note.content"]
     assert "gan_backward" not in parent.data.tags["cyclegan.variants"]
     status = dvc(project, "status", "--json")

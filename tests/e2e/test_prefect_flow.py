@@ -119,7 +119,7 @@ def test_serve_in_a_second_clone_runs_the_flow_in_that_clone(prefect_server, env
     try:
         url = f"{prefect_server.url}/deployments/name/cyclegan/second-clone"
         serve.wait_until(lambda: http_ok(url), 120, "deployment cyclegan/second-clone registered")
-        fewer = ["~variants.cycle_only", "~variants.gan_forward", "~variants.gan_backward"]
+        fewer = [f"~variants.{name}" for name in VARIANTS if name != "cyclegan"]  # one run is enough
         params = {"overrides": json.dumps([*TINY_OVERRIDES, *fewer])}
         log = e2e_root / "second-clone-run.log"
         run = run_deployment(prefect_server.url, clone_env, clone, params, log, "cyclegan/second-clone")
