@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -20,15 +22,40 @@ def dvc_root(start: str | os.PathLike) -> Path | None:
 
 
 def read_lock(root: Path) -> dict:
-    """The stages of `root/dvc.lock` ({} when there is none)."""
+    """The stages of `root/dvc.lock` ({} when there is none), read under DVC's repo lock.
+
+    DVC records a stage by rewriting dvc.lock in place (truncate, then write), holding its repo lock.
+    Runs trained side by side record theirs while others start and read the file (a run's data
+    version), so a read without the lock can meet it empty or half written.
+    """
     lock_path = root / "dvc.lock"
     if not lock_path.is_file():
         return {}
+    with repo_lock(root):
+        text = lock_path.read_text()
     try:
-        lock = yaml.safe_load(lock_path.read_text()) or {}
+        lock = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise PipelineError(f"{lock_path} is not valid YAML ({exc}): restore it with git") from None
     return lock.get("stages") or {}
+
+
+@contextlib.contextmanager
+def repo_lock(root: Path) -> Iterator[None]:
+    """DVC's own repo lock of the project at `root`, waited for as ``dvc --wait-for-lock`` does (the
+    lock file and the ``core.hardlink_lock`` setting DVC itself uses)."""
+    from dvc.config import Config
+    from dvc.lock import make_lock
+
+    dvc_dir = root / ".dvc"
+    tmp_dir = dvc_dir / "tmp"
+    tmp_dir.mkdir(exist_ok=True)
+    hardlink = Config(os.fspath(dvc_dir), validate=False)["core"].get("hardlink_lock", False)
+    lock = make_lock(
+        os.fspath(tmp_dir / "lock"), tmp_dir=os.fspath(tmp_dir), hardlink_lock=hardlink, wait=True
+    )
+    with lock:
+        yield
 
 
 def stage_output_md5(root: Path, stage: str) -> str | None:

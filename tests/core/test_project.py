@@ -1,8 +1,10 @@
+import threading
+
 import pytest
 import yaml
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.project import dvc_output_md5, dvc_root, stage_output_md5
+from pipeline.core.project import dvc_output_md5, dvc_root, repo_lock, stage_output_md5
 
 
 def test_data_version_comes_from_dvc_lock(tmp_path):
@@ -27,3 +29,22 @@ def test_the_repo_is_found_upwards_and_a_stage_output_by_name(tmp_path):
     lock = {"schema": "2.0", "stages": {"split": {"outs": [{"path": "data/split", "md5": "abc.dir"}]}}}
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
     assert stage_output_md5(tmp_path, "split") == "abc.dir"
+
+
+def test_a_dvc_lock_being_rewritten_is_read_only_once_dvc_has_recorded_it(tmp_path):
+    """A `dvc repro` recording a stage holds DVC's repo lock while dvc.lock is truncated and rewritten:
+    a run starting beside it reads the file after the write, never half of it."""
+    (tmp_path / ".dvc").mkdir()
+    whole = {"schema": "2.0", "stages": {"split": {"outs": [{"path": "data/split", "md5": "abc.dir"}]}}}
+    read: list = []
+    with repo_lock(tmp_path):  # as DVC holds it while it writes
+        (tmp_path / "dvc.lock").write_text(
+            "schema: '2.0'\nstages:\n  split:\n    outs:\n    - path: data/split\n      md"
+        )
+        reader = threading.Thread(target=lambda: read.append(stage_output_md5(tmp_path, "split")))
+        reader.start()
+        reader.join(1.0)
+        assert reader.is_alive() and not read  # waiting for DVC, not reading the half-written file
+        (tmp_path / "dvc.lock").write_text(yaml.safe_dump(whole))
+    reader.join(10.0)
+    assert read == ["abc.dir"]
