@@ -97,6 +97,25 @@ def stop_tree(service: Service, grace_s: float = 20.0) -> None:
             process.kill()
 
 
+PIPELINE_PROCESSES = ("guard.py", " -m dvc ", "stages.")  # the flow's guards, DVC, the stages
+
+
+def processes_in(project: Path, markers: tuple[str, ...] = PIPELINE_PROCESSES) -> list:
+    """The live processes working in `project` whose command line holds one of `markers` (by default
+    the guard, DVC and stage processes of a flow run); `psutil.Process` objects, zombies left out."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline", "cwd", "status"]):
+        info = process.info  # read in process_iter: a process may end while it is looked at
+        if info["cwd"] != str(project) or info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        line = f"{' '.join(info['cmdline'] or [])} "
+        if any(marker in line for marker in markers):
+            found.append(process)
+    return found
+
+
 def http_ok(url: str) -> bool:
     return requests.get(url, timeout=5).status_code == 200
 

@@ -18,10 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.e2e.harness import TINY_OVERRIDES, VENV_BIN, tail
+from tests.e2e.harness import TINY_OVERRIDES, VENV_BIN, processes_in, tail
 from tests.factories import copy_project
 
 pytestmark = pytest.mark.e2e
@@ -148,7 +147,7 @@ def test_a_sigkilled_concurrent_repro_resumes_each_run_to_the_same_bytes(referen
     first.wait()
     # The guards see their flow process gone and stop every stage, each saving its checkpoint.
     deadline = time.monotonic() + 60
-    while _trainings_in(project):
+    while processes_in(project, ("stages.train",)):
         assert time.monotonic() < deadline, "stages outlived the killed repro"
         time.sleep(0.5)
     interrupted = {path.parent.name for path in _resume_files(project)}
@@ -161,13 +160,3 @@ def test_a_sigkilled_concurrent_repro_resumes_each_run_to_the_same_bytes(referen
     assert resumed == interrupted, log[-4000:]
     runs = [f"{variant}-0" for variant in KILLED]
     assert digests(project, runs) == digests(project_a, runs)  # bit for bit the uninterrupted runs
-
-
-def _trainings_in(project: Path) -> list[int]:
-    """Pids of the training stages running in `project` (a process may end while it is looked at)."""
-    found = []
-    for process in psutil.process_iter(["cwd", "cmdline"]):
-        info = process.info
-        if info["cwd"] and Path(info["cwd"]) == project and "stages.train" in " ".join(info["cmdline"] or []):
-            found.append(process.pid)
-    return found

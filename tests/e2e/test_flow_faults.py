@@ -20,7 +20,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.e2e.harness import TINY_OVERRIDES, VENV_BIN, Service, dvc, http_ok, mlflow_client, stop_tree
+from tests.e2e.harness import (
+    TINY_OVERRIDES,
+    VENV_BIN,
+    Service,
+    dvc,
+    http_ok,
+    mlflow_client,
+    processes_in,
+    stop_tree,
+)
 from tests.factories import copy_project
 
 pytestmark = pytest.mark.e2e
@@ -56,22 +65,9 @@ def faults_deployment(prefect_server, faults_project, faults_env, e2e_root):
         yield serve
     finally:
         stop_tree(serve)
-        for process in _ours(faults_project):  # what a failing test would otherwise leave running
+        for process in processes_in(faults_project):  # what a failing test would otherwise leave running
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
-
-
-def _ours(project: Path) -> list[psutil.Process]:
-    """The guard, DVC and stage processes working in `project`."""
-    found = []
-    for process in psutil.process_iter(["cmdline", "cwd", "status"]):
-        info = process.info
-        if info["cwd"] != str(project) or info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        line = " ".join(info["cmdline"] or [])
-        if "guard.py" in line or " -m dvc " in f"{line} " or "stages." in line:
-            found.append(process)
-    return found
 
 
 def _wait(check, timeout_s: float, what: str, log: Path):
@@ -99,7 +95,7 @@ def _start(prefect_server, faults_env, faults_project, faults_deployment) -> tup
     flow_run_id = next(line.split()[-1] for line in started.stdout.splitlines() if "UUID" in line)
 
     def stage():  # the stage's Python, not the shell DVC may start it through
-        return [p for p in _ours(faults_project) if p.info["cmdline"][1:3] == ["-m", "stages.train"]]
+        return [p for p in processes_in(faults_project) if p.info["cmdline"][1:3] == ["-m", "stages.train"]]
 
     (train,) = _wait(stage, 240, "the train stage", faults_deployment.log)
     _wait(lambda: _run_status(faults_project) == "RUNNING", 60, "its MLflow run", faults_deployment.log)
@@ -119,7 +115,12 @@ def _run_status(project: Path) -> str | None:
 
 def _assert_nothing_left(project: Path, env: dict[str, str], log: Path, what: str) -> None:
     started = time.monotonic()
-    _wait(lambda: not _ours(project), GONE_WITHIN_S, f"the end of {_ours(project)} after {what}", log)
+    _wait(
+        lambda: not processes_in(project),
+        GONE_WITHIN_S,
+        f"the end of {processes_in(project)} after {what}",
+        log,
+    )
     print(f"{what}: no guard, DVC or stage process left after {time.monotonic() - started:.1f} s")
     # No live process holds DVC's locks: the repo lock (`dvc status` takes it) and the rwlock's paths.
     status = dvc(project, env, "status")
