@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml constraints.txt
 repro: $(STAMP)
 	cyclegan repro $(if $(JOBS),--jobs $(JOBS)) $(if $(PROFILE),--profile $(PROFILE))
 
-# Two pytest workers: each end-to-end module runs whole on one of them (its module fixtures once,
-# tests/conftest.py), every other test goes to whichever is free. TEST_WORKERS=0: one process.
+# Two pytest workers: each end-to-end unit (a module, or modules sharing a session fixture; heaviest
+# first, tests/conftest.py) runs whole on one of them, its fixtures once; every other test goes to
+# whichever is free. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	ruff check .

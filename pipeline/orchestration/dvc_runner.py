@@ -42,13 +42,14 @@ class StageFailed(PipelineError):
         self.explained = explained
 
 
-def _explained(lines: Sequence[str]) -> bool:
-    return any(line.startswith("error:") for line in lines)
+def _stage_errors(lines: Sequence[str]) -> list[str]:
+    """The stage's own ``error: ...`` lines (`pipeline.core.entry`'s convention)."""
+    return [line for line in lines if line.startswith("error:")]
 
 
 def _error_detail(lines: Sequence[str]) -> str:
     """The stage's own ``error: ...`` line (pipeline.core.errors convention), then DVC's ``ERROR: ...``."""
-    ours = [line for line in lines if line.startswith("error:")]
+    ours = _stage_errors(lines)
     dvc = [line for line in lines if line.startswith("ERROR:")]
     picked = ours[-1:] + dvc[-1:]
     return "; ".join(picked) if picked else (lines[-1] if lines else "no output")
@@ -117,7 +118,8 @@ def _guarded(command: list[str], project_dir: Path, env: Mapping[str, str], what
             _RUNNING.discard(process)
     if returncode != 0:
         lines = list(tail)
-        raise StageFailed(f"`{what}` exited with {returncode}: {_error_detail(lines)}", _explained(lines))
+        explained = bool(_stage_errors(lines))
+        raise StageFailed(f"`{what}` exited with {returncode}: {_error_detail(lines)}", explained)
 
 
 def _stop(process: subprocess.Popen) -> None:
